@@ -1,0 +1,99 @@
+"""The build: list inputs, skip finished clips, stream the plan into clips/, write the report.
+
+Called by jobs/build_saber.py inside a Ray driver (local Ray or `ray job submit`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from engine import storage
+from engine.config import EngineConfig, dump_config
+from engine.pipeline import build_plan, funnel_stages, plan_options
+from engine.report import build_report, write_report
+from engine.sources import list_source
+from engine.writer import ClipTableWriter, read_clip_table
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Progress:
+    """A one-line summary every `every` seconds, beside Ray Data's own progress bars."""
+
+    total: int
+    every: float
+    started: float = field(default_factory=time.monotonic)
+    done: int = 0
+    kept: int = 0
+    media_seconds: float = 0.0
+    _last: float = 0.0
+
+    def update(self, batch: pa.Table) -> None:
+        self.done += batch.num_rows
+        self.kept += pc.sum(pc.equal(batch.column("status"), "kept")).as_py() or 0
+        self.media_seconds += pc.sum(batch.column("duration_s")).as_py() or 0.0
+        if time.monotonic() - self._last >= self.every:
+            self._last = time.monotonic()
+            log.info("%s", self.line())
+
+    @property
+    def elapsed(self) -> float:
+        return max(time.monotonic() - self.started, 1e-9)
+
+    def line(self) -> str:
+        return (f"[build_saber] {self.done}/{self.total} clips, kept {self.kept}, rejected {self.done - self.kept}, "
+                f"{self.done / self.elapsed:.2f} clips/s, {self.media_seconds / self.elapsed:.1f} media-s/s")
+
+
+def save_config(config: EngineConfig) -> None:
+    fs = storage.filesystem(config.output)
+    base = storage.strip_protocol(config.output)
+    fs.makedirs(base, exist_ok=True)
+    fs.pipe_file(f"{base}/config.yaml", dump_config(config).encode())
+
+
+def pending_sources(config: EngineConfig, writer: ClipTableWriter) -> tuple[pa.Table, int, int]:
+    """(sources still to process, number of inputs, number already finished by earlier runs)."""
+    source = list_source(config.input, config.dataset, config.lang)
+    if config.limit:
+        source = source.slice(0, config.limit)
+    finished = writer.finished_ids()
+    mask = pc.invert(pc.is_in(source.column("clip_id"), value_set=pa.array(sorted(finished), pa.string())))
+    return source.filter(mask), source.num_rows, source.num_rows - int(pc.sum(mask).as_py() or 0)
+
+
+def run_build(config: EngineConfig) -> dict[str, Any]:
+    config = config.model_copy(update={"input": storage.absolute(config.input),
+                                       "output": storage.absolute(config.output)})
+    save_config(config)
+    writer = ClipTableWriter(config.output, config.flush_rows, config.flush_seconds)
+    todo, total, skipped = pending_sources(config, writer)
+    log.info("[build_saber] %d inputs, %d finished by earlier runs, %d to process (run %s)",
+             total, skipped, todo.num_rows, writer.run_id)
+    progress = Progress(total=todo.num_rows, every=config.summary_seconds)
+    if todo.num_rows:
+        plan_options()
+        for batch in build_plan(todo, config).iter_batches(batch_format="pyarrow", batch_size=None):
+            writer.add(batch)
+            progress.update(batch)
+    writer.close()
+    log.info("%s", progress.line())
+    run = {
+        "run_id": writer.run_id,
+        "processed": progress.done,
+        "skipped_already_done": skipped,
+        "duplicates_dropped": writer.duplicates_dropped,
+        "seconds": round(progress.elapsed, 3),
+        "clips_per_s": round(progress.done / progress.elapsed, 4),
+        "media_seconds_per_s": round(progress.media_seconds / progress.elapsed, 4),
+    }
+    report = build_report(read_clip_table(config.output), funnel_stages(config), run)
+    write_report(config.output, report)
+    return report

@@ -1,0 +1,118 @@
+"""The one module that turns stages into a Ray Data plan.
+
+Stages that need no model run chained inside one task (the clip bytes and decoded media never leave the
+worker between them); stages that load a model get an actor pool so the model loads once per actor.
+Each pool's resources come from the config, so the autoscaler can scale CPU and GPU pools separately.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import ray
+import ray.data
+
+from engine.config import EngineConfig
+from engine.schema import CLIP_SCHEMA, WORK_SCHEMA, new_row, rows_to_table
+from engine.stages.annotation_check import AnnotationCheckStage
+from engine.stages.asr import AsrWerFilterStage
+from engine.stages.base import Row
+from engine.stages.decode import DecodeStage
+from engine.stages.noise import NoiseFilterStage
+from engine.stages.probe import ProbeStage
+
+StageFactory = Callable[[], Callable[[list[Row]], list[Row]]]
+
+
+def funnel_stages(config: EngineConfig) -> list[str]:
+    """Stage names in plan order, as they appear in reject_stage and in the report's funnel."""
+    names = ["annotation", "probe", "decode"]
+    names += ["noise"] if config.noise.enabled else []
+    names += ["asr"] if config.asr.enabled else []
+    return names
+
+
+def media_stages(config: EngineConfig) -> list[StageFactory]:
+    factories: list[StageFactory] = [
+        AnnotationCheckStage,
+        lambda: ProbeStage(config.media),
+        lambda: DecodeStage(config.media),
+    ]
+    if config.noise.enabled:
+        factories.append(lambda: NoiseFilterStage(config.noise))
+    return factories
+
+
+def source_to_rows(table: pa.Table) -> list[Row]:
+    """Source listing rows (see engine.sources) expanded to full clip rows."""
+    return [new_row(rec.pop("source_uri"), **{k: v for k, v in rec.items() if k != "clip_id"})
+            for rec in table.to_pylist()]
+
+
+def _finish(rows: list[Row]) -> pa.Table:
+    for row in rows:
+        for key in [k for k in row if k.startswith("_")]:  # transient objects (fetched bytes) stay here
+            del row[key]
+    return rows_to_table(rows, WORK_SCHEMA)
+
+
+def run_media_chain(table: pa.Table, factories: list[StageFactory], expand_source: bool) -> pa.Table:
+    rows = source_to_rows(table) if expand_source else table.to_pylist()
+    for factory in factories:
+        rows = factory()(rows)
+    return _finish(rows)
+
+
+@dataclass
+class StageChain:
+    """A callable class for actor pools: builds its stages (loading models) once per actor."""
+
+    factories: list[StageFactory]
+
+    def __post_init__(self) -> None:
+        self.stages = [factory() for factory in self.factories]
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        rows = table.to_pylist()
+        for stage in self.stages:
+            rows = stage(rows)
+        return _finish(rows)
+
+
+def build_plan(source: pa.Table, config: EngineConfig, block_rows: int = 16) -> ray.data.Dataset:
+    """Source table -> dataset of clip-table rows (media columns dropped), one per source row."""
+    res = config.resources
+    slices = [source.slice(i, block_rows) for i in range(0, source.num_rows, block_rows)]
+    ds = ray.data.from_arrow(slices or [source])
+    ds = ds.map_batches(
+        run_media_chain,
+        fn_kwargs={"factories": media_stages(config), "expand_source": True},
+        batch_format="pyarrow",
+        batch_size=res.media_batch_size,
+        num_cpus=res.media_num_cpus,
+        compute=ray.data.TaskPoolStrategy(size=res.media_concurrency[1]),
+        udf_modifying_row_count=False,
+    )
+    if config.asr.enabled:
+        ds = ds.map_batches(
+            StageChain,
+            fn_constructor_kwargs={"factories": [lambda: AsrWerFilterStage(config.asr)]},
+            batch_format="pyarrow",
+            batch_size=res.asr_batch_size,
+            num_cpus=res.asr_num_cpus,
+            num_gpus=res.asr_num_gpus,
+            compute=ray.data.ActorPoolStrategy(min_size=res.asr_concurrency[0], max_size=res.asr_concurrency[1]),
+            udf_modifying_row_count=False,
+        )
+    return ds.select_columns(CLIP_SCHEMA.names)
+
+
+def plan_options() -> dict[str, Any]:
+    """DataContext settings the engine relies on (applied on the driver before execution)."""
+    ctx = ray.data.DataContext.get_current()
+    # Keep the output order irrelevant but the stream flowing: rows reach the writer as soon as done.
+    ctx.execution_options.preserve_order = False
+    return {"preserve_order": ctx.execution_options.preserve_order}

@@ -1,0 +1,106 @@
+"""The clip table: one row per input clip, from the source listing to `clips/` Parquet.
+
+Every row carries every column from the start (nulls until a stage fills them), so blocks keep one
+Arrow schema through the whole plan. Columns under WORK_FIELDS hold decoded media and never reach disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Literal
+
+import pyarrow as pa
+
+Status = Literal["kept", "rejected"]
+
+ANNOTATION_FIELDS = (
+    "video_desc",
+    "speech_content",
+    "acoustic_feat",
+    "facial_exp_desc",
+    "body_lang_desc",
+    "sentiment_analysis",
+)
+
+CLIP_FIELDS: list[pa.Field] = [
+    pa.field("clip_id", pa.string(), nullable=False),
+    pa.field("source_uri", pa.string(), nullable=False),
+    pa.field("dataset", pa.string()),
+    pa.field("lang", pa.string()),
+    pa.field("label", pa.string()),
+    pa.field("status", pa.string(), nullable=False),
+    pa.field("reject_stage", pa.string()),
+    pa.field("reject_reason", pa.string()),
+    pa.field("reject_detail", pa.string()),
+    # probe
+    pa.field("duration_s", pa.float64()),
+    pa.field("width", pa.int32()),
+    pa.field("height", pa.int32()),
+    pa.field("fps", pa.float64()),
+    pa.field("has_video", pa.bool_()),
+    pa.field("has_audio", pa.bool_()),
+    pa.field("video_codec", pa.string()),
+    pa.field("audio_codec", pa.string()),
+    # decode
+    pa.field("n_frames", pa.int32()),
+    pa.field("decoded_duration_s", pa.float64()),
+    # noise
+    pa.field("snr_db", pa.float64()),
+    # asr
+    pa.field("asr_text", pa.string()),
+    pa.field("asr_language", pa.string()),
+    pa.field("asr_metric", pa.string()),
+    pa.field("asr_wer", pa.float64()),
+    # annotation (official SABER layout, flattened)
+    *[pa.field(name, pa.string()) for name in ANNOTATION_FIELDS],
+    pa.field("annotation_source", pa.string()),
+    # provenance
+    pa.field("asr_model", pa.string()),
+    pa.field("run_id", pa.string()),
+    pa.field("processed_at", pa.timestamp("ms", tz="UTC")),
+]
+
+WORK_FIELDS: list[pa.Field] = [
+    # The annotation as given: inline JSON text (manifests) or the URI of a sidecar .json (folders).
+    pa.field("annotation_raw", pa.string()),
+    pa.field("annotation_uri", pa.string()),
+    pa.field("frames_jpeg", pa.list_(pa.binary())),
+    pa.field("frame_times", pa.list_(pa.float32())),
+    # 16 kHz mono float32 PCM, little endian.
+    pa.field("audio_pcm", pa.binary()),
+]
+
+CLIP_SCHEMA = pa.schema(CLIP_FIELDS)
+WORK_SCHEMA = pa.schema(CLIP_FIELDS + WORK_FIELDS)
+WORK_COLUMNS = tuple(f.name for f in WORK_FIELDS)
+AUDIO_SAMPLE_RATE = 16_000
+
+
+def clip_id_for(source_uri: str) -> str:
+    """Stable id from the source URI, so reruns and resumes agree on which clip is which."""
+    return hashlib.sha1(source_uri.encode("utf-8")).hexdigest()[:20]
+
+
+def new_row(source_uri: str, **values: Any) -> dict[str, Any]:
+    """A pending row with every column present; `values` fill the source-level columns."""
+    row: dict[str, Any] = dict.fromkeys(WORK_SCHEMA.names)
+    row.update(clip_id=clip_id_for(source_uri), source_uri=source_uri, status="kept")
+    unknown = set(values) - set(row)
+    if unknown:
+        raise KeyError(f"unknown clip columns: {sorted(unknown)}")
+    row.update(values)
+    return row
+
+
+def reject(row: dict[str, Any], stage: str, reason: str, detail: str = "") -> dict[str, Any]:
+    """Marks a row rejected; later stages pass it through untouched."""
+    row.update(status="rejected", reject_stage=stage, reject_reason=reason, reject_detail=detail[:500] or None)
+    return row
+
+
+def is_alive(row: dict[str, Any]) -> bool:
+    return row["status"] == "kept"
+
+
+def rows_to_table(rows: list[dict[str, Any]], schema: pa.Schema = WORK_SCHEMA) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=schema)

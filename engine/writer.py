@@ -1,0 +1,126 @@
+"""The `clips/` table writer, which is also the resume checkpoint.
+
+A part file appears whole or not at all (local: write to a temporary name, then rename; S3: one PUT), so
+the set of clip ids in readable part files is exactly the set of finished clips. A rerun reads those ids
+and skips them; part files a killed run left unreadable are removed and their clips done again.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+import uuid
+from collections.abc import Iterable
+from datetime import datetime, timezone
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from engine import storage
+from engine.schema import CLIP_SCHEMA
+
+log = logging.getLogger(__name__)
+
+PART_PREFIX = "part-"
+
+
+class ClipTableWriter:
+    def __init__(self, output: str, flush_rows: int = 64, flush_seconds: float = 15.0,
+                 run_id: str | None = None) -> None:
+        self.dir = storage.join(output, "clips")
+        self.fs = storage.filesystem(self.dir)
+        self.path = storage.strip_protocol(self.dir)
+        self.fs.makedirs(self.path, exist_ok=True)
+        self.run_id = run_id or uuid.uuid4().hex[:12]
+        self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+        self._last_flush = time.monotonic()
+        self._parts = 0
+        self._written_ids: set[str] = set()
+        self.duplicates_dropped = 0
+
+    # -- resume ---------------------------------------------------------------------------------------
+    def part_files(self) -> list[str]:
+        return sorted(p for p in self.fs.ls(self.path, detail=False) if p.rsplit("/", 1)[-1].startswith(PART_PREFIX))
+
+    def finished_ids(self) -> set[str]:
+        """Clip ids already written by earlier runs; removes unreadable parts and stray temporaries."""
+        for stray in self.fs.ls(self.path, detail=False):
+            if stray.endswith(".tmp"):
+                self.fs.rm(stray)
+        ids: set[str] = set()
+        for part in self.part_files():
+            try:
+                with self.fs.open(part, "rb") as handle:
+                    column = pq.read_table(io.BytesIO(handle.read()), columns=["clip_id"]).column(0)
+            except (pa.ArrowInvalid, OSError) as err:
+                log.warning("removing unreadable part %s left by an interrupted run: %s", part, err)
+                self.fs.rm(part)
+                continue
+            ids.update(column.to_pylist())
+        self._written_ids |= ids
+        return ids
+
+    # -- writing --------------------------------------------------------------------------------------
+    def add(self, table: pa.Table) -> None:
+        table = self._drop_seen(table)
+        if table.num_rows:
+            self._pending.append(table)
+            self._pending_rows += table.num_rows
+        if self._pending_rows >= self.flush_rows or time.monotonic() - self._last_flush >= self.flush_seconds:
+            self.flush()
+
+    def _drop_seen(self, table: pa.Table) -> pa.Table:
+        ids = table.column("clip_id").to_pylist()
+        keep = [i for i, cid in enumerate(ids) if cid not in self._written_ids]
+        self.duplicates_dropped += len(ids) - len(keep)
+        self._written_ids.update(ids)
+        return table if len(keep) == len(ids) else table.take(keep)
+
+    def flush(self) -> None:
+        self._last_flush = time.monotonic()
+        if not self._pending:
+            return
+        table = pa.concat_tables(self._pending)
+        stamp = pa.array([datetime.now(timezone.utc)] * table.num_rows, pa.timestamp("ms", tz="UTC"))
+        table = table.set_column(table.schema.get_field_index("run_id"), "run_id",
+                                 pa.array([self.run_id] * table.num_rows, pa.string()))
+        table = table.set_column(table.schema.get_field_index("processed_at"), "processed_at", stamp)
+        self._write_part(table.cast(CLIP_SCHEMA))
+        self._pending, self._pending_rows = [], 0
+
+    def _write_part(self, table: pa.Table) -> None:
+        name = f"{PART_PREFIX}{self.run_id}-{self._parts:05d}.parquet"
+        self._parts += 1
+        final = f"{self.path}/{name}"
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer)
+        if storage.is_remote(self.dir):
+            self.fs.pipe_file(final, buffer.getvalue())  # a single PUT: the object exists whole or not
+            return
+        temp = f"{final}.tmp"
+        with open(temp, "wb") as handle:
+            handle.write(buffer.getvalue())
+        self.fs.mv(temp, final)  # rename within one directory is atomic on POSIX
+
+    def close(self) -> None:
+        self.flush()
+
+
+def read_clip_table(output: str, columns: Iterable[str] | None = None) -> pa.Table:
+    """All clips/ parts of an output as one table (empty, with the schema, when there are none)."""
+    writer_dir = storage.join(output, "clips")
+    fs = storage.filesystem(writer_dir)
+    path = storage.strip_protocol(writer_dir)
+    cols = list(columns) if columns else None
+    if not fs.exists(path):
+        return CLIP_SCHEMA.empty_table() if cols is None else CLIP_SCHEMA.empty_table().select(cols)
+    tables = []
+    for part in sorted(p for p in fs.ls(path, detail=False) if p.rsplit("/", 1)[-1].startswith(PART_PREFIX)):
+        with fs.open(part, "rb") as handle:
+            tables.append(pq.read_table(io.BytesIO(handle.read()), columns=cols))
+    if not tables:
+        return CLIP_SCHEMA.empty_table() if cols is None else CLIP_SCHEMA.empty_table().select(cols)
+    return pa.concat_tables(tables)

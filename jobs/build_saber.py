@@ -1,0 +1,58 @@
+"""Build the SABER clip table: probe, decode, noise filter, ASR-WER check; writes clips/ and a report.
+
+Run locally (starts a local Ray if none is running):
+    python jobs/build_saber.py --config jobs/configs/demo.yaml
+On a cluster (outputs should then be absolute paths on shared storage, or s3://):
+    ray job submit --working-dir . -- python jobs/build_saber.py --config jobs/configs/production.yaml \
+        --input s3://bucket/raw/ --output s3://bucket/saber/
+Any config field can be overridden as key=value, e.g. `asr.max_wer=0.4 limit=100`.
+A rerun with the same --output resumes: finished clips are skipped, never duplicated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python jobs/build_saber.py` puts jobs/ on sys.path, not the repo root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import ray  # noqa: E402
+
+from engine.build import run_build  # noqa: E402
+from engine.config import ConfigError, EngineConfig, load_config  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, help="YAML config (jobs/configs/demo.yaml, production.yaml)")
+    parser.add_argument("--input", help="folder, s3:// prefix, or manifest (.jsonl/.csv/.parquet) of clips")
+    parser.add_argument("--output", help="output folder or s3:// prefix (clips/, report.json, report.png)")
+    parser.add_argument("overrides", nargs="*", help="config overrides as dotted key=value")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        config = load_config(EngineConfig, args.config, args.overrides, {"input": args.input, "output": args.output})
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 2
+    context = ray.init(address=config.ray_address, ignore_reinit_error=True)
+    dashboard = getattr(context, "dashboard_url", None)
+    print(f"Ray dashboard: http://{dashboard}" if dashboard else "Ray dashboard: not running", flush=True)
+    report = run_build(config)
+    summary = {k: report[k] for k in ("input", "kept", "rejected", "rejected_by_reason")}
+    print(json.dumps(summary, indent=2))
+    print(f"Outputs: {config.output if '://' in config.output else Path(config.output).resolve()}"
+          " (clips/, report.json, report.png, config.yaml)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
