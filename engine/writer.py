@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterable
 from datetime import datetime, timezone
 
+import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -43,13 +44,12 @@ class ClipTableWriter:
 
     # -- resume ---------------------------------------------------------------------------------------
     def part_files(self) -> list[str]:
-        return sorted(p for p in self.fs.ls(self.path, detail=False) if p.rsplit("/", 1)[-1].startswith(PART_PREFIX))
+        return _list(self.fs, self.path, PART_PREFIX, ".parquet")
 
     def finished_ids(self) -> set[str]:
         """Clip ids already written by earlier runs; removes unreadable parts and stray temporaries."""
-        for stray in self.fs.ls(self.path, detail=False):
-            if stray.endswith(".tmp"):
-                self.fs.rm(stray)
+        for stray in _list(self.fs, self.path, PART_PREFIX, ".tmp"):
+            self.fs.rm(stray)
         ids: set[str] = set()
         for part in self.part_files():
             try:
@@ -109,18 +109,25 @@ class ClipTableWriter:
         self.flush()
 
 
+def _list(fs: fsspec.AbstractFileSystem, path: str, prefix: str, suffix: str) -> list[str]:
+    """Files in `path` named prefix*suffix; none when the folder does not exist (S3 has no empty folders)."""
+    try:
+        names = fs.ls(path, detail=False)
+    except FileNotFoundError:
+        return []
+    return sorted(p for p in names if p.rsplit("/", 1)[-1].startswith(prefix) and p.endswith(suffix))
+
+
 def read_clip_table(output: str, columns: Iterable[str] | None = None) -> pa.Table:
     """All clips/ parts of an output as one table (empty, with the schema, when there are none)."""
-    writer_dir = storage.join(output, "clips")
-    fs = storage.filesystem(writer_dir)
-    path = storage.strip_protocol(writer_dir)
+    clips_dir = storage.join(output, "clips")
+    fs = storage.filesystem(clips_dir)
     cols = list(columns) if columns else None
-    if not fs.exists(path):
-        return CLIP_SCHEMA.empty_table() if cols is None else CLIP_SCHEMA.empty_table().select(cols)
     tables = []
-    for part in sorted(p for p in fs.ls(path, detail=False) if p.rsplit("/", 1)[-1].startswith(PART_PREFIX)):
+    for part in _list(fs, storage.strip_protocol(clips_dir), PART_PREFIX, ".parquet"):
         with fs.open(part, "rb") as handle:
             tables.append(pq.read_table(io.BytesIO(handle.read()), columns=cols))
     if not tables:
-        return CLIP_SCHEMA.empty_table() if cols is None else CLIP_SCHEMA.empty_table().select(cols)
+        empty = CLIP_SCHEMA.empty_table()
+        return empty if cols is None else empty.select(cols)
     return pa.concat_tables(tables)

@@ -32,7 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--input", help="folder, s3:// prefix, or manifest (.jsonl/.csv/.parquet) of clips")
     parser.add_argument("--output", help="output folder or s3:// prefix (clips/, report.json, report.png)")
     parser.add_argument("overrides", nargs="*", help="config overrides as dotted key=value")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

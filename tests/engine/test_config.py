@@ -1,0 +1,54 @@
+import pytest
+import yaml
+
+from engine.config import ConfigError, EngineConfig, dump_config, load_config, parse_overrides
+
+
+def test_overrides_are_nested_and_typed():
+    assert parse_overrides(["asr.max_wer=0.4", "limit=10", "lang=en", "resources.asr_concurrency=[1, 3]"]) == {
+        "asr": {"max_wer": 0.4},
+        "limit": 10,
+        "lang": "en",
+        "resources": {"asr_concurrency": [1, 3]},
+    }
+
+
+def test_yaml_then_extra_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"input": "a", "output": "b", "asr": {"max_wer": 0.3, "beam_size": 2}}))
+    config = load_config(EngineConfig, path, ["asr.max_wer=0.45"], {"output": "c", "input": None})
+    assert (config.input, config.output) == ("a", "c")
+    assert config.asr.max_wer == 0.45 and config.asr.beam_size == 2
+    assert config.media.fps == 2.0 and config.media.max_frames == 40  # defaults live on the type
+
+
+def test_every_error_is_reported_at_once_with_its_field(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config(EngineConfig, None, ["input=x", "output=y", "asr.max_wer=-1", "media.fps=0",
+                                         "asr.modle=tiny", "resources.asr_concurrency=[3, 1]"])
+    text = str(info.value)
+    assert "4 errors" in text
+    for field in ("asr.max_wer", "media.fps", "asr.modle", "resources"):
+        assert field in text, field
+    assert "(got -1)" in text
+
+
+def test_missing_input_and_output_named():
+    with pytest.raises(ConfigError, match="missing input, output"):
+        load_config(EngineConfig, None, [])
+
+
+def test_bad_override_syntax():
+    with pytest.raises(ConfigError, match="expected key=value"):
+        parse_overrides(["asr.max_wer"])
+
+
+def test_dump_round_trips():
+    config = load_config(EngineConfig, None, ["input=i", "output=o", "media.min_duration_s=1.0"])
+    again = EngineConfig.model_validate(yaml.safe_load(dump_config(config)))
+    assert again == config
+
+
+def test_shipped_configs_validate():
+    for name in ("demo", "production"):
+        load_config(EngineConfig, f"jobs/configs/{name}.yaml", ["input=i", "output=o"])

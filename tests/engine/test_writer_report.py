@@ -1,0 +1,71 @@
+import json
+
+import pyarrow as pa
+import pytest
+
+from engine.report import build_report, write_report
+from engine.schema import CLIP_SCHEMA, new_row, reject
+from engine.writer import ClipTableWriter, read_clip_table
+
+
+def _table(ids, status="kept"):
+    rows = []
+    for cid in ids:
+        row = {k: v for k, v in new_row(f"/x/{cid}.mp4").items() if k in CLIP_SCHEMA.names}
+        row.update(clip_id=cid, status=status, duration_s=2.0)
+        rows.append(row)
+    return pa.Table.from_pylist(rows, schema=CLIP_SCHEMA)
+
+
+def test_parts_flush_by_rows_and_resume_sees_them(tmp_path):
+    writer = ClipTableWriter(str(tmp_path), flush_rows=2, flush_seconds=3600)
+    writer.add(_table(["a"]))
+    assert writer.part_files() == []  # below flush_rows: nothing on disk yet
+    writer.add(_table(["b", "c"]))
+    writer.close()
+    assert len(writer.part_files()) == 1
+    table = read_clip_table(str(tmp_path))
+    assert sorted(table.column("clip_id").to_pylist()) == ["a", "b", "c"]
+    assert set(table.column("run_id").to_pylist()) == {writer.run_id}
+    assert ClipTableWriter(str(tmp_path)).finished_ids() == {"a", "b", "c"}
+
+
+def test_unreadable_part_and_temporaries_are_removed_on_resume(tmp_path):
+    writer = ClipTableWriter(str(tmp_path), flush_rows=1)
+    writer.add(_table(["a"]))
+    clips = tmp_path / "clips"
+    (clips / "part-dead-00000.parquet").write_bytes(b"PAR1 truncated")
+    (clips / "part-dead-00001.parquet.tmp").write_bytes(b"partial")
+    again = ClipTableWriter(str(tmp_path))
+    assert again.finished_ids() == {"a"}
+    assert sorted(p.name for p in clips.iterdir()) == [next(iter(again.part_files())).rsplit("/", 1)[-1]]
+
+
+def test_duplicates_are_never_written_twice(tmp_path):
+    writer = ClipTableWriter(str(tmp_path), flush_rows=1)
+    writer.add(_table(["a", "b"]))
+    resumed = ClipTableWriter(str(tmp_path), flush_rows=1)
+    resumed.finished_ids()
+    resumed.add(_table(["b", "c"]))
+    resumed.close()
+    assert resumed.duplicates_dropped == 1
+    assert sorted(read_clip_table(str(tmp_path)).column("clip_id").to_pylist()) == ["a", "b", "c"]
+
+
+def test_report_counts_worked_by_hand(tmp_path):
+    rows = _table(["k1", "k2", "k3"]).to_pylist()
+    bad = _table(["p1", "p2", "d1", "a1"]).to_pylist()
+    for row, (stage, reason) in zip(bad, [("probe", "duration_too_long"), ("probe", "duration_too_long"),
+                                          ("decode", "decode_failed"), ("asr", "wer_above_threshold")]):
+        reject(row, stage, reason)
+    table = pa.Table.from_pylist(rows + bad, schema=CLIP_SCHEMA)
+    report = build_report(table, ["annotation", "probe", "decode", "noise", "asr"], {"seconds": 1.0})
+    assert (report["input"], report["kept"], report["rejected"]) == (7, 3, 4)
+    assert report["rejected_by_reason"] == {"probe/duration_too_long": 2, "decode/decode_failed": 1,
+                                            "asr/wer_above_threshold": 1}
+    assert [f["remaining"] for f in report["funnel"]] == [7, 7, 5, 4, 4, 3]
+    # Only kept clips count as media hours: 3 clips x 2 s.
+    assert report["kept_media_hours"] == pytest.approx(6 / 3600, abs=1e-4)
+    write_report(str(tmp_path), report)
+    assert json.loads((tmp_path / "report.json").read_text())["kept"] == 3
+    assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,90 @@
+"""build_saber end to end on generated clips: one row per input, planted failures, reruns and resume."""
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from engine.writer import read_clip_table
+from tests.jobs.helpers import kill_group, run_build, start_build, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def _by_name(output):
+    return {Path(r["source_uri"]).name: r for r in read_clip_table(str(output)).to_pylist()}
+
+
+def test_every_input_once_each_planted_failure_with_its_reason(small_set, tmp_path):
+    folder, clips = small_set
+    out = tmp_path / "out"
+    done = run_build("--input", str(folder), "--output", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Ray dashboard:" in done.stdout and f"Outputs: {out}" in done.stdout
+    table = read_clip_table(str(out))
+    assert table.num_rows == len(clips) and len(set(table.column("clip_id").to_pylist())) == len(clips)
+    rows = _by_name(out)
+    for clip in clips:
+        row = rows[clip.name]
+        if clip.expected_stage is None:
+            assert row["status"] == "kept", (clip.name, row["reject_reason"], row["reject_detail"])
+        else:
+            assert (row["reject_stage"], row["reject_reason"]) == (clip.expected_stage, clip.expected_reason), clip.name
+    report = json.loads((out / "report.json").read_text())
+    expected_kept = sum(c.expected_stage is None for c in clips)
+    assert (report["input"], report["kept"]) == (len(clips), expected_kept)
+    assert report["rejected_by_reason"] == dict(Counter(f"{c.expected_stage}/{c.expected_reason}"
+                                                        for c in clips if c.expected_stage))
+    assert (out / "report.png").stat().st_size > 10_000 and (out / "config.yaml").exists()
+    assert report["run"]["processed"] == len(clips) and report["run"]["clips_per_s"] > 0
+
+    again = run_build("--input", str(folder), "--output", str(out))
+    assert again.returncode == 0, again.stderr[-3000:]
+    report2 = json.loads((out / "report.json").read_text())
+    assert (report2["run"]["processed"], report2["run"]["skipped_already_done"]) == (0, len(clips))
+    assert read_clip_table(str(out)).num_rows == len(clips)
+
+
+def test_bad_config_exits_2_naming_every_field(tmp_path):
+    done = run_build("--input", "x", "--output", str(tmp_path), "asr.max_wer=-1", "media.fps=0")
+    assert done.returncode == 2
+    assert "asr.max_wer" in done.stderr and "media.fps" in done.stderr
+
+
+def test_sigkill_midway_then_rerun_resumes_without_duplicates(asr_set, small_set, tmp_path):
+    # Both sets in one manifest-free folder run: link them under one input folder.
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for source_folder, clips in (asr_set, small_set):
+        for clip in clips:
+            for suffix in (".mp4", ".json"):
+                src = (source_folder / clip.name).with_suffix(suffix)
+                if src.exists():
+                    (folder / f"{source_folder.name}_{src.name}").symlink_to(src)
+    total = len(asr_set[1]) + len(small_set[1])
+    out = tmp_path / "out"
+    clips_dir = out / "clips"
+    proc = start_build("--input", str(folder), "--output", str(out), "flush_rows=2", "flush_seconds=1",
+                       log=tmp_path / "run1.log")
+    try:
+        assert wait_for(lambda: clips_dir.exists() and len(list(clips_dir.glob("part-*.parquet"))) >= 3, 300)
+    finally:
+        kill_group(proc)
+    before = read_clip_table(str(out))
+    finished_before = set(before.column("clip_id").to_pylist())
+    assert 0 < len(finished_before) < total, len(finished_before)
+
+    done = run_build("--input", str(folder), "--output", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = read_clip_table(str(out))
+    ids = table.column("clip_id").to_pylist()
+    assert len(ids) == len(set(ids)) == total  # no duplicate, no missing clip
+    report = json.loads((out / "report.json").read_text())
+    second_run = [cid for cid, run in zip(ids, table.column("run_id").to_pylist()) if run == report["run"]["run_id"]]
+    assert not finished_before & set(second_run)  # nothing finished before the kill was processed again
+    assert report["run"]["skipped_already_done"] == len(finished_before)
+    assert report["run"]["processed"] == total - len(finished_before)
+    print(f"resume: {total} clips, {len(finished_before)} finished before SIGKILL, "
+          f"{len(second_run)} processed after, 0 reprocessed")

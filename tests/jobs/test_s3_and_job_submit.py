@@ -1,0 +1,97 @@
+"""The same build against S3 (a moto server on loopback) and through `ray job submit` to a `ray start` head."""
+
+import json
+import secrets
+import shutil
+import tempfile
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine import storage
+from engine.writer import read_clip_table
+from tests.jobs.helpers import REPO, free_port, job_env, run_build, wait_for
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def moto_s3(monkeypatch):
+    """A real S3 endpoint on 127.0.0.1 (moto server); credentials are dummies from the environment."""
+    port = free_port()
+    proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    try:
+        fs = storage.filesystem("s3://x")
+        assert wait_for(lambda: _reachable(fs), 30), "moto server did not start"
+        fs.mkdir("saber-test")
+        yield env
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _reachable(fs) -> bool:
+    try:
+        fs.ls("", refresh=True)
+        return True
+    except OSError:
+        return False
+
+
+def test_reads_from_and_writes_to_s3(small_set, moto_s3):
+    folder, clips = small_set
+    fs = storage.filesystem("s3://saber-test")
+    for path in folder.iterdir():
+        if path.suffix in {".mp4", ".json"}:
+            fs.put_file(str(path), f"saber-test/raw/{path.name}")
+    done = run_build("--input", "s3://saber-test/raw", "--output", "s3://saber-test/out", env=job_env(**moto_s3))
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = read_clip_table("s3://saber-test/out")
+    assert table.num_rows == len(clips)
+    rows = {r["source_uri"].rsplit("/", 1)[-1]: r for r in table.to_pylist()}
+    assert rows[clips[0].name]["source_uri"] == f"s3://saber-test/raw/{clips[0].name}"
+    for clip in clips:
+        assert (rows[clip.name]["reject_stage"], rows[clip.name]["reject_reason"]) == (
+            clip.expected_stage, clip.expected_reason), clip.name
+    report = json.loads(fs.cat_file("saber-test/out/report.json"))
+    assert report["input"] == len(clips)
+    assert fs.exists("saber-test/out/report.png") and fs.exists("saber-test/out/config.yaml")
+    # Secrets never reach the outputs.
+    for key in ("saber-test/out/config.yaml", "saber-test/out/report.json"):
+        assert b"testing" not in fs.cat_file(key)
+
+
+def test_ray_job_submit_to_a_local_head(small_set, tmp_path):
+    folder, clips = small_set
+    out = tmp_path / "out"
+    dashboard = free_port()
+    # Token authentication on, as on a real cluster: head and client share the token through a file.
+    # Ray's socket paths must stay under ~107 characters, hence a short temp dir rather than tmp_path.
+    short = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
+    (short / "token").write_text(secrets.token_hex(32))
+    env = job_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(short / "token"))
+    env.pop("RAY_ADDRESS", None)
+    start = [str(BIN / "ray"), "start", "--head", "--num-cpus=2", f"--port={free_port()}",
+             "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--include-dashboard=true",
+             f"--temp-dir={short / 'r'}"]
+    subprocess.run(start, check=True, env=env, capture_output=True, timeout=180)
+    try:
+        submit = [str(BIN / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dashboard}",
+                  "--working-dir", ".", "--", "python", "jobs/build_saber.py", "--config", "jobs/configs/demo.yaml",
+                  "--input", str(folder), "--output", str(out)]
+        done = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+        assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
+        assert "succeeded" in done.stdout.lower()
+        assert read_clip_table(str(out)).num_rows == len(clips)
+    finally:
+        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(short, ignore_errors=True)
