@@ -5,6 +5,7 @@ Called by jobs/build_saber.py inside a Ray driver (local Ray or `ray job submit`
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 from dataclasses import dataclass, field
@@ -12,11 +13,13 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from engine import storage
 from engine.config import EngineConfig, dump_config
 from engine.pipeline import build_plan, funnel_stages, plan_options
 from engine.report import build_report, write_report
+from engine.sed import SED_SCHEMA, sed_record
 from engine.sources import list_source
 from engine.writer import ClipTableWriter, read_clip_table
 
@@ -94,6 +97,21 @@ def run_build(config: EngineConfig) -> dict[str, Any]:
         "clips_per_s": round(progress.done / progress.elapsed, 4),
         "media_seconds_per_s": round(progress.media_seconds / progress.elapsed, 4),
     }
-    report = build_report(read_clip_table(config.output), funnel_stages(config), run)
+    table = read_clip_table(config.output)
+    report = build_report(table, funnel_stages(config), run)
+    report["sed_records"] = write_sed_records(config.output, table)
     write_report(config.output, report)
     return report
+
+
+def write_sed_records(output: str, table: pa.Table) -> int:
+    """sed/: one SFT record per kept clip with an annotation; rewritten whole from clips/ on every run."""
+    annotated = pc.and_(pc.equal(table.column("status"), "kept"), pc.is_valid(table.column("video_desc")))
+    records = [sed_record(row) for row in table.filter(annotated).to_pylist()]
+    fs = storage.filesystem(output)
+    base = f"{storage.strip_protocol(output)}/sed"
+    fs.makedirs(base, exist_ok=True)
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(records, schema=SED_SCHEMA), buffer)
+    fs.pipe_file(f"{base}/part-00000.parquet", buffer.getvalue())
+    return len(records)

@@ -19,12 +19,12 @@ class ConfigError(ValueError):
     """Raised with every problem found in a config, one per line."""
 
 
-class _Section(BaseModel):
+class ConfigSection(BaseModel):
     # Unknown keys are errors: a typo in a YAML file must not silently fall back to a default.
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class MediaConfig(_Section):
+class MediaConfig(ConfigSection):
     """Technical filter thresholds and the one-time decode."""
 
     min_duration_s: float = Field(0.5, gt=0)
@@ -50,7 +50,7 @@ class MediaConfig(_Section):
         return self
 
 
-class NoiseConfig(_Section):
+class NoiseConfig(ConfigSection):
     """Background-noise filter: a speech SNR estimate from frame energies."""
 
     enabled: bool = True
@@ -58,7 +58,7 @@ class NoiseConfig(_Section):
     frame_ms: float = Field(32.0, gt=1, le=500)
 
 
-class AsrConfig(_Section):
+class AsrConfig(ConfigSection):
     """faster-whisper transcription and the WER/CER check against the annotated speech."""
 
     enabled: bool = True
@@ -75,7 +75,7 @@ class AsrConfig(_Section):
     max_cer: float = Field(0.5, ge=0)
 
 
-class ResourcesConfig(_Section):
+class ResourcesConfig(ConfigSection):
     """Actor-pool sizes and per-actor resources; they must match the cluster's node types."""
 
     media_concurrency: tuple[int, int] = (1, 4)
@@ -95,7 +95,7 @@ class ResourcesConfig(_Section):
         return self
 
 
-class EngineConfig(_Section):
+class EngineConfig(ConfigSection):
     """Everything `jobs/build_saber.py` needs."""
 
     input: str = ""
@@ -103,6 +103,9 @@ class EngineConfig(_Section):
     dataset: str = "unknown"
     lang: str | None = None
     limit: int | None = Field(None, ge=1)
+    # Clips per source block: the unit of work Ray Data schedules and hands back to the driver. Smaller
+    # blocks give finer resume and earlier output, larger ones less per-task overhead.
+    block_rows: int = Field(16, ge=1)
     # Rows are flushed to a new clips/ part file at least this often; smaller = finer resume.
     flush_rows: int = Field(64, ge=1)
     flush_seconds: float = Field(15.0, gt=0)

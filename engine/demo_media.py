@@ -115,16 +115,24 @@ def _trim_silence(audio: np.ndarray, threshold: float = 1e-3) -> np.ndarray:
 
 
 def synthesize_speech(
-    text: str, voice: str = "en-us", pitch: int = 50, speed: int = 160, sample_rate: int = SAMPLE_RATE
+    text: str,
+    voice: str = "en-us",
+    pitch: int = 50,
+    speed: int = 160,
+    sample_rate: int = SAMPLE_RATE,
+    word_gap: int = 3,
 ) -> np.ndarray:
-    """Float32 mono speech in [-1, 1] at `sample_rate`, peak-normalised, leading/trailing silence trimmed."""
-    cmd = ["espeak-ng", "-v", voice, "-p", str(pitch), "-s", str(speed), "--stdout"]
+    """Float32 mono speech in [-1, 1] at `sample_rate`, peak-normalised, leading/trailing silence trimmed.
+
+    word_gap (espeak-ng -g, in 10 ms units) separates the words slightly: espeak runs words together,
+    and a 30 ms gap cut Whisper tiny.en's word error rate on espeak speech by more than half.
+    """
+    cmd = ["espeak-ng", "-v", voice, "-p", str(pitch), "-s", str(speed), "-g", str(word_gap), "--stdout"]
     # Text goes through stdin so a sentence can never be mistaken for a command-line flag.
     proc = subprocess.run(cmd, input=text.encode(), capture_output=True, check=False)
     if proc.returncode != 0:
-        raise RuntimeError(
-            f"espeak-ng failed ({proc.returncode}): {proc.stderr.decode(errors='replace')[-500:]}"
-        )
+        stderr = proc.stderr.decode(errors="replace")[-500:]
+        raise RuntimeError(f"espeak-ng failed ({proc.returncode}) for voice {voice!r}: {stderr}")
     samples, rate = _parse_wav(proc.stdout)
     speech = _trim_silence(resample(samples, rate, sample_rate))
     peak = float(np.max(np.abs(speech))) if speech.size else 0.0
@@ -208,15 +216,11 @@ def mouth_envelope(speech: np.ndarray, n_frames: int, fps: int) -> np.ndarray:
 # ---------------------------------------------------------------- video
 
 
-def _draw_eyes(
-    draw: ImageDraw.ImageDraw, cx: float, cy: float, r: float, style: FaceStyle, blink: bool
-) -> None:
+def _draw_eyes(draw: ImageDraw.ImageDraw, cx: float, cy: float, r: float, style: FaceStyle, blink: bool) -> None:
     for side in (-1, 1):
         ex, ey = cx + side * 0.36 * r, cy - 0.22 * r
         half_w, half_h = 0.12 * r, (0.02 if blink else 0.09 * style.eye_open) * r
-        draw.ellipse(
-            [ex - half_w, ey - half_h, ex + half_w, ey + half_h], fill=(255, 255, 255), outline=(0, 0, 0)
-        )
+        draw.ellipse([ex - half_w, ey - half_h, ex + half_w, ey + half_h], fill=(255, 255, 255), outline=(0, 0, 0))
         if not blink:
             pupil = 0.05 * r
             draw.ellipse([ex - pupil, ey - pupil, ex + pupil, ey + pupil], fill=(20, 20, 30))
@@ -239,9 +243,7 @@ def _lip(cx: float, my: float, half_w: float, corner_lift: float, bulge: float) 
     return points
 
 
-def _draw_mouth(
-    draw: ImageDraw.ImageDraw, cx: float, cy: float, r: float, style: FaceStyle, opening: float
-) -> None:
+def _draw_mouth(draw: ImageDraw.ImageDraw, cx: float, cy: float, r: float, style: FaceStyle, opening: float) -> None:
     # Talking narrows the mouth a little while it opens, as real lips do.
     half_w = style.mouth_width * r / 2 * (1 - 0.25 * opening)
     my, lift = cy + 0.45 * r, style.smile * r
@@ -268,9 +270,7 @@ def draw_face(
     image = Image.new("RGB", size, background)
     draw = ImageDraw.Draw(image)
     cx, cy, r = width / 2, height / 2, 0.4 * min(width, height)
-    draw.ellipse(
-        [cx - 0.8 * r, cy - r, cx + 0.8 * r, cy + r], fill=skin, outline=tuple(c * 3 // 5 for c in skin)
-    )
+    draw.ellipse([cx - 0.8 * r, cy - r, cx + 0.8 * r, cy + r], fill=skin, outline=tuple(c * 3 // 5 for c in skin))
     _draw_eyes(draw, cx, cy, r, style, blink)
     _draw_mouth(draw, cx, cy, r, style, opening)
     return image
@@ -365,9 +365,7 @@ def write_clip(
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".tmp_clip_") as tmp:
         wav = None if audio == "none" else Path(tmp) / "audio.wav"
         if wav is not None:
-            track = (
-                white_noise(spoken.size, rng) if audio == "noise" else spoken + room_tone(spoken.size, rng)
-            )
+            track = white_noise(spoken.size, rng) if audio == "noise" else spoken + room_tone(spoken.size, rng)
             _write_wav(wav, track)
         frames = None
         if video:

@@ -82,10 +82,10 @@ class StageChain:
         return _finish(rows)
 
 
-def build_plan(source: pa.Table, config: EngineConfig, block_rows: int = 16) -> ray.data.Dataset:
+def build_plan(source: pa.Table, config: EngineConfig) -> ray.data.Dataset:
     """Source table -> dataset of clip-table rows (media columns dropped), one per source row."""
-    res = config.resources
-    slices = [source.slice(i, block_rows) for i in range(0, source.num_rows, block_rows)]
+    res, size = config.resources, config.block_rows
+    slices = [source.slice(i, size) for i in range(0, source.num_rows, size)]
     ds = ray.data.from_arrow(slices or [source])
     ds = ds.map_batches(
         run_media_chain,

@@ -22,13 +22,13 @@ def build_report(table: pa.Table, stages: list[str], run: dict[str, Any]) -> dic
     stage_col = table.column("reject_stage").to_pylist()
     reason_col = table.column("reject_reason").to_pylist()
     durations = table.column("duration_s").to_pylist()
-    by_stage = Counter(s for s, st in zip(stage_col, status) if st == "rejected")
-    by_reason = Counter(f"{s}/{r}" for s, r, st in zip(stage_col, reason_col, status) if st == "rejected")
+    by_stage = Counter(s for s, st in zip(stage_col, status, strict=True) if st == "rejected")
+    by_reason = Counter(f"{s}/{r}" for s, r, st in zip(stage_col, reason_col, status, strict=True) if st == "rejected")
     remaining, funnel = len(status), [{"stage": "input", "remaining": len(status)}]
     for stage in stages:
         remaining -= by_stage.get(stage, 0)
         funnel.append({"stage": stage, "remaining": remaining, "rejected": by_stage.get(stage, 0)})
-    kept_seconds = sum(d or 0.0 for d, st in zip(durations, status) if st == "kept")
+    kept_seconds = sum(d or 0.0 for d, st in zip(durations, status, strict=True) if st == "kept")
     return {
         "input": len(status),
         "kept": status.count("kept"),

@@ -37,8 +37,8 @@ def test_packaged_model_resolves_to_a_ctranslate2_folder():
 
 def test_wer_check_separates_wrong_transcripts(transcribed):
     clips, rows = transcribed
-    correct = [r for c, r in zip(clips, rows) if c.kind == "good"]
-    wrong = [r for c, r in zip(clips, rows) if c.kind == "wrong_transcript"]
+    correct = [r for c, r in zip(clips, rows, strict=True) if c.kind == "good"]
+    wrong = [r for c, r in zip(clips, rows, strict=True) if c.kind == "wrong_transcript"]
     assert len(correct) == 16 and len(wrong) == 8
     wrong_rejected = sum(r["reject_reason"] == "wer_above_threshold" for r in wrong)
     correct_rejected = sum(r["status"] == "rejected" for r in correct)
@@ -49,7 +49,7 @@ def test_wer_check_separates_wrong_transcripts(transcribed):
 
 def test_transcript_is_close_to_the_spoken_text(transcribed):
     clips, rows = transcribed
-    good = [r for c, r in zip(clips, rows) if c.kind == "good"]
+    good = [r for c, r in zip(clips, rows, strict=True) if c.kind == "good"]
     mean_wer = sum(r["asr_wer"] for r in good) / len(good)
     assert mean_wer < 0.3, mean_wer
     assert all(r["asr_language"] == "en" for r in good)

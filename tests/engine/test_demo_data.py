@@ -33,7 +33,7 @@ CONTRACT = {
     "wrong_transcript": ("asr", "wer_above_threshold"),
     "malformed_annotation": ("annotation", "malformed_annotation"),
     "truncated": ("probe", "unreadable_container"),
-    "truncated_faststart": ("decode", "duration_mismatch"),
+    "truncated_faststart": ("decode", "decode_failed"),
     "zero_byte": ("probe", "unreadable_container"),
     "not_a_video": ("probe", "unreadable_container"),
     "audio_only": ("probe", "missing_video_track"),

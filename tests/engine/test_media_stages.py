@@ -36,7 +36,7 @@ def test_each_planted_file_is_rejected_where_and_why_it_should_be(small_set):
     rows = _run(_rows(folder, clips), AnnotationCheckStage(), ProbeStage(media), DecodeStage(media),
                 NoiseFilterStage(NoiseConfig()))
     assert len(rows) == len(clips)
-    for clip, row in zip(clips, rows):
+    for clip, row in zip(clips, rows, strict=True):
         if clip.expected_stage in (None, "asr"):  # ASR is tested separately
             assert row["status"] == "kept", (clip.name, row["reject_stage"], row["reject_reason"], row["reject_detail"])
         else:

@@ -56,7 +56,8 @@ def test_report_counts_worked_by_hand(tmp_path):
     rows = _table(["k1", "k2", "k3"]).to_pylist()
     bad = _table(["p1", "p2", "d1", "a1"]).to_pylist()
     for row, (stage, reason) in zip(bad, [("probe", "duration_too_long"), ("probe", "duration_too_long"),
-                                          ("decode", "decode_failed"), ("asr", "wer_above_threshold")]):
+                                          ("decode", "decode_failed"), ("asr", "wer_above_threshold")],
+                                   strict=True):
         reject(row, stage, reason)
     table = pa.Table.from_pylist(rows + bad, schema=CLIP_SCHEMA)
     report = build_report(table, ["annotation", "probe", "decode", "noise", "asr"], {"seconds": 1.0})

@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-BUILD = [sys.executable, str(REPO / "jobs" / "build_saber.py"), "--config", str(REPO / "jobs" / "configs" / "demo.yaml")]
+BUILD = [sys.executable, str(REPO / "jobs" / "build_saber.py"),
+         "--config", str(REPO / "jobs" / "configs" / "demo.yaml")]
 
 
 def job_env(**extra: str) -> dict[str, str]:

@@ -1,7 +1,6 @@
 """build_saber end to end on generated clips: one row per input, planted failures, reruns and resume."""
 
 import json
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -66,7 +65,7 @@ def test_sigkill_midway_then_rerun_resumes_without_duplicates(asr_set, small_set
     total = len(asr_set[1]) + len(small_set[1])
     out = tmp_path / "out"
     clips_dir = out / "clips"
-    proc = start_build("--input", str(folder), "--output", str(out), "flush_rows=2", "flush_seconds=1",
+    proc = start_build("--input", str(folder), "--output", str(out), "block_rows=2", "flush_rows=1",
                        log=tmp_path / "run1.log")
     try:
         assert wait_for(lambda: clips_dir.exists() and len(list(clips_dir.glob("part-*.parquet"))) >= 3, 300)
@@ -82,7 +81,8 @@ def test_sigkill_midway_then_rerun_resumes_without_duplicates(asr_set, small_set
     ids = table.column("clip_id").to_pylist()
     assert len(ids) == len(set(ids)) == total  # no duplicate, no missing clip
     report = json.loads((out / "report.json").read_text())
-    second_run = [cid for cid, run in zip(ids, table.column("run_id").to_pylist()) if run == report["run"]["run_id"]]
+    runs = table.column("run_id").to_pylist()
+    second_run = [cid for cid, run in zip(ids, runs, strict=True) if run == report["run"]["run_id"]]
     assert not finished_before & set(second_run)  # nothing finished before the kill was processed again
     assert report["run"]["skipped_already_done"] == len(finished_before)
     assert report["run"]["processed"] == total - len(finished_before)

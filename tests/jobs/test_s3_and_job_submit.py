@@ -3,9 +3,9 @@
 import json
 import secrets
 import shutil
-import tempfile
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
