@@ -1,10 +1,14 @@
 """Benchmarks, each a ratio against a baseline run in the same process on the same data.
 
     python jobs/benchmark.py engine [--clips .cache/demo_clips] [--repeats 1] [key=value ...]
+    python jobs/benchmark.py sft [--steps 20] [key=value ...]
 
 `engine`: clips/s and media-seconds/s of the engine's Ray Data plan (media stages, then media + ASR)
 against a plain sequential Python loop running the same stage objects. Writes
 outputs/benchmarks/engine.json and engine.png.
+`sft`: samples/s and peak memory of the SED-SFT recipe (Ray Train, 2 workers, DeepSpeed ZeRO-3 over
+gloo, tiny Omni thinker) against a plain single-process PyTorch loop on the same model and records.
+Writes outputs/benchmarks/sft.json.
 """
 
 from __future__ import annotations
@@ -12,13 +16,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import time
 from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import matplotlib  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import torch  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -47,10 +56,69 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def benchmark_sft(args: argparse.Namespace) -> int:
+    import ray
+    from transformers import AutoProcessor
+
+    from engine.config import load_config as load
+    from engine.sed import SED_SCHEMA, sed_record
+    from train.benchmarking import plain_loop, recipe_summary
+    from train.config import SftConfig
+    from train.modeling import resolve_model_path
+    from train.recipes.sft import run
+    from train.sed_data import SedEncoder, load_media
+
+    work = args.out / "sft_work"
+    sed_dir = _sed_records_from_demo(args.clips, work / "sed", SED_SCHEMA, sed_record)
+    config = load(SftConfig, REPO / "jobs" / "configs" / "sft_demo.yaml", [
+        f"data.sed={sed_dir}", f"storage_path={work / 'runs'}", f"name=bench-{int(time.time())}", "data.limit=8",
+        f"optim.max_steps={args.steps}", f"checkpoint_every={args.steps}", f"report_every={args.steps}",
+        *args.overrides])
+    model_path = resolve_model_path(config.model.path)
+    processor = AutoProcessor.from_pretrained(model_path)
+    encoder = SedEncoder(processor, config.data)
+    records = pq.read_table(sed_dir).to_pylist()[:8]
+    examples = [encoder.encode(r, *load_media(r["source_uri"], config.data)) for r in records]
+    examples = [{k: v for k, v in e.items()} for e in examples]
+    torch.set_num_threads(os.cpu_count() or 1)
+    baseline = plain_loop(config, examples, args.steps, processor.tokenizer.pad_token_id)
+    ray.init(ignore_reinit_error=True)
+    summary = run(config)
+    rows = [json.loads(line) for line in Path(summary["run_dir"], "metrics.jsonl").read_text().splitlines()]
+    recipe = recipe_summary(rows)
+    results = {"steps": args.steps, "records": len(examples), "global_batch": config.optim.global_batch,
+               "workers": config.distributed.num_workers, "zero_stage": config.distributed.zero_stage,
+               "baseline_plain_torch": baseline, "ray_train_deepspeed": recipe,
+               "samples_per_s_ratio": round(recipe["samples_per_s"] / baseline["samples_per_s"], 3),
+               "peak_rss_ratio": round(recipe["peak_rss_mb"] / baseline["peak_rss_mb"], 3)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "sft.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+def _sed_records_from_demo(clips: Path, out: Path, schema, make_record) -> Path:  # noqa: ANN001
+    """SED records for the demo set's correctly annotated clips (what build_saber would keep)."""
+    from engine.annotation import parse_annotation
+    from engine.demo_data import load_expected
+    from engine.schema import clip_id_for
+
+    rows = []
+    for clip in load_expected(clips):
+        if clip.kind == "good":
+            uri = str((clips / clip.name).resolve())
+            fields = parse_annotation((clips / clip.name).with_suffix(".json").read_text())
+            rows.append(make_record({"clip_id": clip_id_for(uri), "source_uri": uri, "lang": "en", **fields}))
+    out.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), out / "part-00000.parquet")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("target", choices=["engine"], help="what to benchmark")
+    parser.add_argument("target", choices=["engine", "sft"], help="what to benchmark")
+    parser.add_argument("--steps", type=int, default=20, help="sft: optimizer steps on each side")
     parser.add_argument("--clips", type=Path, default=REPO / ".cache" / "demo_clips",
                         help="clip folder; generated (the demo set) when missing")
     parser.add_argument("--config", type=Path, default=REPO / "jobs" / "configs" / "demo.yaml", help="engine config")
@@ -60,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)
     if not args.clips.exists():
         generate_demo_set(args.clips)
+    if args.target == "sft":
+        return benchmark_sft(args)
     config = load_config(EngineConfig, args.config, args.overrides,
                          {"input": str(args.clips.resolve()), "output": str(args.out.resolve())})
     results = benchmark_engine(config, args.repeats)

@@ -1,11 +1,16 @@
 """The same build against S3 (a moto server on loopback) and through `ray job submit` to a `ray start` head."""
 
 import json
+import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -80,18 +85,40 @@ def test_ray_job_submit_to_a_local_head(small_set, tmp_path):
     (short / "token").write_text(secrets.token_hex(32))
     env = job_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(short / "token"))
     env.pop("RAY_ADDRESS", None)
-    start = [str(BIN / "ray"), "start", "--head", "--num-cpus=2", f"--port={free_port()}",
+    # --block keeps `ray start` in the foreground as the parent of this head's processes, so stopping its
+    # process group stops this cluster only (`ray stop` would kill every Ray on the machine).
+    start = [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus=2", f"--port={free_port()}",
              "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--include-dashboard=true",
              f"--temp-dir={short / 'r'}"]
-    subprocess.run(start, check=True, env=env, capture_output=True, timeout=180)
+    head = subprocess.Popen(start, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    assert wait_for(lambda: _dashboard_up(dashboard), 120), "Ray head did not come up"
     try:
         submit = [str(BIN / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dashboard}",
                   "--working-dir", ".", "--", "python", "jobs/build_saber.py", "--config", "jobs/configs/demo.yaml",
                   "--input", str(folder), "--output", str(out)]
-        done = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+        # The job agent starts a little after the dashboard answers: retry that one refusal, briefly.
+        for _ in range(30):
+            done = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+            if "No available agent" not in done.stderr:
+                break
+            time.sleep(2)
         assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
         assert "succeeded" in done.stdout.lower()
         assert read_clip_table(str(out)).num_rows == len(clips)
     finally:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        # The whole head (gcs, raylet, dashboard, workers) shares the group; `ray start --block` ignores
+        # SIGTERM for tens of seconds, and a throwaway test cluster needs no graceful shutdown.
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait(timeout=60)
         shutil.rmtree(short, ignore_errors=True)
+
+
+def _dashboard_up(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/version", timeout=2):
+            return True
+    except urllib.error.HTTPError:  # 401 without the token: the dashboard is up and answering
+        return True
+    except OSError:
+        return False

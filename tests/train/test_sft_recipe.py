@@ -1,0 +1,80 @@
+"""SED-SFT end to end on Ray Train: 2 CPU workers, DeepSpeed over gloo, a tiny Omni thinker.
+
+Numbers seen here (2 cores): ZeRO-3 full fine-tuning on 8 records, 40 steps at lr 5e-3 takes the loss
+from 6.39 to about 2.6; ZeRO-2 LoRA resumes at step 4 and continues to step 8.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import ray
+import torch
+from transformers import AutoProcessor, Qwen2_5OmniThinkerForConditionalGeneration
+
+from engine.config import load_config
+from train.config import SftConfig
+from train.recipes.sft import run
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True,
+             runtime_env={"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}})
+    yield
+    ray.shutdown()
+
+
+def _config(tiny_omni, sed_records, storage, *overrides):
+    return load_config(SftConfig, "jobs/configs/sft_demo.yaml", [
+        f"model.path={tiny_omni}", f"data.sed={sed_records}", f"storage_path={storage}", "data.limit=8",
+        "report_every=20", *overrides])
+
+
+def _metrics(run_dir):
+    return [json.loads(line) for line in open(f"{run_dir}/metrics.jsonl")]
+
+
+def test_zero3_full_finetune_halves_the_loss_and_saves_a_loadable_model(local_ray, tiny_omni, sed_records, tmp_path):
+    config = _config(tiny_omni, sed_records, tmp_path, "optim.max_steps=40", "checkpoint_every=40",
+                     "distributed.zero_stage=3", "lora.enabled=false")
+    summary = run(config)
+    rows = _metrics(summary["run_dir"])
+    assert [r["step"] for r in rows] == list(range(1, 41))
+    first, last = rows[0]["loss"], rows[-1]["loss"]
+    assert last <= 0.5 * first, (first, last)
+    assert (tmp_path / config.name / "loss.png").stat().st_size > 5_000
+    model = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(summary["final_model"])
+    processor = AutoProcessor.from_pretrained(summary["final_model"])
+    base = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(tiny_omni)
+    changed = [n for n, p in model.named_parameters() if not torch.equal(p, base.state_dict()[n])]
+    assert changed and all("audio_tower" not in n and "visual" not in n for n in changed)  # encoders frozen
+    text = processor.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+                                         tokenize=False, add_generation_prompt=True)
+    out = model.generate(**processor(text=text, return_tensors="pt"), max_new_tokens=4, do_sample=False)
+    assert out.shape[1] > 0
+    print(f"zero3 full: loss {first:.3f} -> {last:.3f} in 40 steps")
+
+
+def test_zero2_lora_resumes_step_and_loss_after_a_stop(local_ray, tiny_omni, sed_records, tmp_path):
+    common = ["distributed.zero_stage=2", "lora.enabled=true", "lora.r=8", "checkpoint_every=2",
+              "optim.lr=5e-2"]
+    first = run(_config(tiny_omni, sed_records, tmp_path, "optim.max_steps=4", *common))
+    rows = _metrics(first["run_dir"])
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and {r["resumed_from_step"] for r in rows} == {0}
+    second = run(_config(tiny_omni, sed_records, tmp_path, "optim.max_steps=8", *common))
+    rows = _metrics(second["run_dir"])
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    assert [r["resumed_from_step"] for r in rows[4:]] == [4, 4, 4, 4]  # restarted from the step-4 checkpoint
+    losses = [r["loss"] for r in rows]
+    # The loss continues from where it was (a restart from scratch would begin again near losses[0]).
+    assert losses[4] < losses[0] - 0.1 and abs(losses[4] - losses[3]) < abs(losses[0] - losses[3])
+    # The merged LoRA model loads like any checkpoint and differs from the base in the LM only.
+    model = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(second["final_model"])
+    base = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(tiny_omni)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, base.state_dict()[n])}
+    assert changed and all("language_model.layers" in n for n in changed)
+    assert not any("lora" in n for n in model.state_dict())
+    print(f"zero2 lora: losses {np.round(losses, 3).tolist()}")

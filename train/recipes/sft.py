@@ -1,0 +1,257 @@
+"""SED supervised fine-tuning of the Qwen2.5-Omni thinker: Ray Train TorchTrainer + DeepSpeed ZeRO-2/3.
+
+`run(config)` is the driver side (dataset, trainer, resume, plot); `train_loop_per_worker` runs on each
+worker: setup, then `train_step` per micro-batch, checkpoints every N optimizer steps, the final model
+saved with save_pretrained so sampling and evaluation load it like any checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import resource
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+import torch
+import torch.distributed as dist
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from engine import storage
+from train.collate import collate_sed
+from train.config import SftConfig
+from train.ds_config import deepspeed_config
+from train.metrics import MetricsLog
+from train.modeling import apply_lora, count_parameters, load_thinker, resolve_model_path, torch_dtype
+
+log = logging.getLogger(__name__)
+STATE_FILE = "train_state.json"
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    micro_in_epoch: int = 0  # micro-batches of `epoch` already consumed (the data position)
+
+
+# -- worker side ------------------------------------------------------------------------------------------
+def warmup_cosine(step: int, warmup: int, total: int) -> float:
+    """LR multiplier: linear warm-up over `warmup` steps, then cosine decay to 0 at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def setup_engine(config: SftConfig, model_path: str, total_steps: int) -> Any:
+    import deepspeed
+
+    model = load_thinker(config.model, model_path)
+    if config.lora.enabled:
+        model = apply_lora(model, config.lora)
+    trainable, total = count_parameters(model)
+    log.info("parameters: %d trainable of %d", trainable, total)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+    warmup = max(1, int(total_steps * config.optim.warmup_ratio))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total_steps))
+    bf16 = torch_dtype(config.model) == torch.bfloat16
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
+                                           config=deepspeed_config(config, bf16), dist_init_required=False)
+    return engine
+
+
+def train_step(engine: Any, batch: dict[str, torch.Tensor]) -> float:
+    """One micro-batch: forward (loss on the target tokens only, via the masked labels), backward, and a
+    DeepSpeed step (which applies the optimizer only at the gradient-accumulation boundary)."""
+    batch = {k: v.to(engine.device) for k, v in batch.items()}
+    loss = engine(**batch).loss
+    engine.backward(loss)
+    engine.step()
+    return float(loss.detach())
+
+
+def restore(engine: Any) -> TrainState:
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return TrainState()
+    with checkpoint.as_directory() as folder:
+        engine.load_checkpoint(os.path.join(folder, "deepspeed"))
+        state = TrainState(**json.loads(Path(folder, STATE_FILE).read_text()))
+    log.info("resumed at step %d (epoch %d, micro-batch %d)", state.step, state.epoch, state.micro_in_epoch)
+    return state
+
+
+def save_checkpoint(engine: Any, state: TrainState, metrics: dict[str, Any]) -> None:
+    """Every rank writes its DeepSpeed shards; Ray Train merges the ranks' folders into one checkpoint."""
+    with tempfile.TemporaryDirectory() as folder:
+        engine.save_checkpoint(os.path.join(folder, "deepspeed"), tag=f"step_{state.step}")
+        if ray.train.get_context().get_world_rank() == 0:
+            Path(folder, STATE_FILE).write_text(json.dumps(asdict(state)))
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder))
+
+
+def _max_over_ranks(value: float) -> float:
+    tensor = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return float(tensor.item())
+
+
+def _mean_over_ranks(value: float) -> float:
+    tensor = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(tensor)
+    return float(tensor.item()) / dist.get_world_size()
+
+
+def micro_batches(shard: Any, state: TrainState, config: SftConfig, total_steps: int) -> Iterator[dict]:
+    """Micro-batches across epochs from the worker's shard, skipping what a resumed run already consumed."""
+    while state.epoch < config.optim.epochs and state.step < total_steps:
+        for index, batch in enumerate(shard.iter_batches(batch_size=config.optim.micro_batch, batch_format="numpy")):
+            if index < state.micro_in_epoch:  # the data position of a resumed run
+                continue
+            state.micro_in_epoch = index + 1
+            yield batch
+            if state.step >= total_steps:
+                return
+        state.epoch, state.micro_in_epoch = state.epoch + 1, 0
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    config = SftConfig.model_validate(loop_config["config"])
+    torch.set_num_threads(loop_config["threads"])
+    torch.manual_seed(config.seed)
+    total_steps = loop_config["total_steps"]
+    engine = setup_engine(config, loop_config["model_path"], total_steps)
+    state = restore(engine)
+    started_at = state.step
+    metrics_log = MetricsLog(loop_config["run_dir"]) if ray.train.get_context().get_world_rank() == 0 else None
+    if metrics_log:
+        metrics_log.resume(state.step)
+    losses: list[float] = []
+    times = {"data_s": 0.0, "compute_s": 0.0, "report_s": 0.0}
+    tokens, step_start = 0, time.perf_counter()
+    mark = step_start
+    for batch in micro_batches(ray.train.get_dataset_shard("train"), state, config, total_steps):
+        times["data_s"] += time.perf_counter() - mark
+        mark = time.perf_counter()
+        losses.append(train_step(engine, collate_sed(batch, loop_config["pad_token_id"])))
+        tokens += int(sum(len(ids) for ids in batch["input_ids"]))
+        times["compute_s"] += time.perf_counter() - mark
+        # Counting micro-batches, not engine.is_gradient_accumulation_boundary(): after engine.step() that
+        # flag already describes the next micro-batch.
+        if len(losses) >= config.grad_accum:
+            state.step += 1
+            row = step_metrics(engine, config, state, losses, tokens, time.perf_counter() - step_start, times)
+            row["resumed_from_step"] = started_at
+            mark = time.perf_counter()
+            report_step(engine, config, state, row, metrics_log, total_steps)
+            times = {"data_s": 0.0, "compute_s": 0.0, "report_s": time.perf_counter() - mark}
+            losses, tokens, step_start = [], 0, time.perf_counter()
+        mark = time.perf_counter()
+    save_final(engine, config, loop_config)
+    if metrics_log:
+        metrics_log.flush()
+
+
+def step_metrics(engine: Any, config: SftConfig, state: TrainState, losses: list[float], tokens: int,
+                 seconds: float, times: dict[str, float]) -> dict[str, Any]:
+    """Loss averaged over the accumulation window and the ranks; throughput summed over the ranks.
+    `data_s`/`compute_s` split this step's time; `report_s` is the previous step's report (and checkpoint)."""
+    world = dist.get_world_size()
+    return {"step": state.step, "epoch": state.epoch, "loss": _mean_over_ranks(sum(losses) / len(losses)),
+            "lr": engine.get_lr()[0], "tokens_per_s": _mean_over_ranks(tokens / seconds) * world,
+            "samples_per_s": config.optim.global_batch / seconds, "step_s": seconds,
+            "peak_rss_mb": _max_over_ranks(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            **{key: round(value, 4) for key, value in times.items()}}
+
+
+def report_step(engine: Any, config: SftConfig, state: TrainState, row: dict[str, Any],
+                metrics_log: MetricsLog | None, total_steps: int) -> None:
+    """Every step reaches metrics.jsonl, every `report_every` steps Ray (the dashboard); every
+    `checkpoint_every` steps and the last one carry a checkpoint."""
+    if metrics_log:
+        metrics_log.append(row)
+    if state.step % config.checkpoint_every == 0 or state.step >= total_steps:
+        save_checkpoint(engine, state, row)
+    elif state.step % config.report_every == 0:  # the same steps on every rank, as V2's barrier needs
+        ray.train.report(row)
+
+
+def save_final(engine: Any, config: SftConfig, loop_config: dict[str, Any]) -> None:
+    """Full weights (LoRA merged) in save_pretrained layout + the processor, under RUN/final."""
+    if config.distributed.zero_stage == 3:
+        state_dict = engine._zero3_consolidated_16bit_state_dict()  # collective: every rank calls it
+    else:
+        state_dict = engine.module.state_dict()
+    if ray.train.get_context().get_world_rank() != 0:
+        return
+    from transformers import AutoProcessor
+
+    model = load_thinker(config.model.model_copy(update={"gradient_checkpointing": False}), loop_config["model_path"])
+    if config.lora.enabled:
+        model = apply_lora(model, config.lora)
+    model.load_state_dict(state_dict)
+    if config.lora.enabled:
+        model = model.merge_and_unload()
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder)
+        AutoProcessor.from_pretrained(loop_config["model_path"]).save_pretrained(folder)
+        fs = storage.filesystem(loop_config["run_dir"])
+        target = f"{storage.strip_protocol(loop_config['run_dir'])}/final"
+        fs.put(folder + "/", target, recursive=True)
+
+
+# -- driver side ------------------------------------------------------------------------------------------
+def run(config: SftConfig) -> dict[str, Any]:
+    """Fits on the running Ray. A run whose `name` and `storage_path` already hold checkpoints resumes from the
+    latest one: Ray Train V2 restores it (its checkpoint_manager_snapshot.json) and the workers read it back
+    through ray.train.get_checkpoint() (see `restore`)."""
+    from transformers import AutoProcessor
+
+    storage_path = storage.absolute(config.storage_path)
+    run_dir = storage.join(storage_path, config.name)
+    model_path = resolve_model_path(config.model.path)
+    tokenizer = AutoProcessor.from_pretrained(model_path).tokenizer
+    dataset = build_sed_examples(config, model_path)
+    per_worker = dataset.count() // config.distributed.num_workers
+    steps_per_epoch = max(1, per_worker // config.optim.micro_batch // config.grad_accum)
+    total_steps = min(config.optim.max_steps or 10**12, steps_per_epoch * config.optim.epochs)
+    dist_cfg = config.distributed
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": config.model_dump(), "model_path": model_path, "run_dir": run_dir,
+                           "total_steps": total_steps, "pad_token_id": tokenizer.pad_token_id,
+                           "threads": max(1, int(dist_cfg.cpus_per_worker)) if not dist_cfg.use_gpu else 4},
+        torch_config=TorchConfig(backend=dist_cfg.backend),
+        scaling_config=ScalingConfig(num_workers=dist_cfg.num_workers, use_gpu=dist_cfg.use_gpu,
+                                     resources_per_worker={"CPU": dist_cfg.cpus_per_worker}),
+        run_config=RunConfig(name=config.name, storage_path=storage_path,
+                             storage_filesystem=storage.arrow_filesystem(storage_path)[0] if storage.is_remote(
+                                 storage_path) else None,
+                             failure_config=FailureConfig(max_failures=dist_cfg.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints)),
+        datasets={"train": dataset},
+    )
+    result = trainer.fit()
+    metrics = MetricsLog(run_dir)
+    metrics.resume(10**12)
+    metrics.plot(f"SED-SFT {config.name}")
+    return {"run_dir": run_dir, "final_model": storage.join(run_dir, "final"), "total_steps": total_steps,
+            "metrics": result.metrics, "checkpoint": result.checkpoint.path if result.checkpoint else None}
+
+
+def build_sed_examples(config: SftConfig, model_path: str) -> ray.data.Dataset:
+    from train.sed_data import build_sed_dataset
+
+    # Small runs preprocess once and keep the tensors in the object store; cluster runs stream them.
+    return build_sed_dataset(config, model_path, materialize=not config.distributed.use_gpu)
