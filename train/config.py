@@ -50,7 +50,7 @@ class OptimConfig(ConfigSection):
     global_batch: int = Field(128, ge=1)
     micro_batch: int = Field(1, ge=1)
     grad_clip: float = Field(1.0, gt=0)
-    max_steps: int | None = Field(None, ge=1)  # stop early (tests, smoke runs)
+    max_steps: int | None = Field(None, ge=1)  # stop early (tests, smoke runs); the LR schedule still spans epochs
 
 
 class DistributedConfig(ConfigSection):

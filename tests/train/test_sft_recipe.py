@@ -1,7 +1,7 @@
 """SED-SFT end to end on Ray Train: 2 CPU workers, DeepSpeed over gloo, a tiny Omni thinker.
 
 Numbers seen here (2 cores): ZeRO-3 full fine-tuning on 8 records, 40 steps at lr 5e-3 takes the loss
-from 6.39 to about 2.6; ZeRO-2 LoRA resumes at step 4 and continues to step 8.
+from 6.39 to about 2.6; ZeRO-2 LoRA stopped at step 4 and restarted reproduces an uninterrupted 8-step run's losses.
 """
 
 import json
@@ -58,23 +58,28 @@ def test_zero3_full_finetune_halves_the_loss_and_saves_a_loadable_model(local_ra
     print(f"zero3 full: loss {first:.3f} -> {last:.3f} in 40 steps")
 
 
-def test_zero2_lora_resumes_step_and_loss_after_a_stop(local_ray, tiny_omni, sed_records, tmp_path):
-    common = ["distributed.zero_stage=2", "lora.enabled=true", "lora.r=8", "checkpoint_every=2",
-              "optim.lr=5e-2"]
-    first = run(_config(tiny_omni, sed_records, tmp_path, "optim.max_steps=4", *common))
-    rows = _metrics(first["run_dir"])
-    assert [r["step"] for r in rows] == [1, 2, 3, 4] and {r["resumed_from_step"] for r in rows} == {0}
-    second = run(_config(tiny_omni, sed_records, tmp_path, "optim.max_steps=8", *common))
+def test_zero2_lora_stopped_and_restarted_matches_an_uninterrupted_run(local_ray, tiny_omni, sed_records, tmp_path):
+    common = ["distributed.zero_stage=2", "lora.enabled=true", "lora.r=8", "checkpoint_every=2", "optim.lr=2e-2",
+              "optim.epochs=4"]
+    straight = _metrics(run(_config(tiny_omni, sed_records, tmp_path, "name=straight", "optim.max_steps=8",
+                                    *common))["run_dir"])
+    first = run(_config(tiny_omni, sed_records, tmp_path, "name=stopped", "optim.max_steps=4", *common))
+    assert [r["step"] for r in _metrics(first["run_dir"])] == [1, 2, 3, 4]
+    second = run(_config(tiny_omni, sed_records, tmp_path, "name=stopped", "optim.max_steps=8", *common))
     rows = _metrics(second["run_dir"])
     assert [r["step"] for r in rows] == list(range(1, 9))
-    assert [r["resumed_from_step"] for r in rows[4:]] == [4, 4, 4, 4]  # restarted from the step-4 checkpoint
-    losses = [r["loss"] for r in rows]
-    # The loss continues from where it was (a restart from scratch would begin again near losses[0]).
-    assert losses[4] < losses[0] - 0.1 and abs(losses[4] - losses[3]) < abs(losses[0] - losses[3])
-    # The merged LoRA model loads like any checkpoint and differs from the base in the LM only.
+    assert [r["resumed_from_step"] for r in rows] == [0] * 4 + [4] * 4  # restarted from the step-4 checkpoint
+    # Weights, optimizer, LR schedule and data position all restored: the restarted run follows the
+    # uninterrupted one. Seen: equal to 3.1e-4 relative (float reduction order after the reload); a restart
+    # from scratch or a wrong data position differs by >2% (step 5: 6.386 instead of 6.517).
+    resumed, reference = [r["loss"] for r in rows], [r["loss"] for r in straight]
+    np.testing.assert_allclose(resumed, reference, rtol=1e-3)
+    assert abs(resumed[4] - resumed[0]) > 0.05
+    assert [r["lr"] for r in rows] == pytest.approx([r["lr"] for r in straight])
+    # The merged LoRA model loads like any checkpoint and differs from the base in the LM layers only.
     model = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(second["final_model"])
     base = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(tiny_omni)
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, base.state_dict()[n])}
     assert changed and all("language_model.layers" in n for n in changed)
     assert not any("lora" in n for n in model.state_dict())
-    print(f"zero2 lora: losses {np.round(losses, 3).tolist()}")
+    print(f"zero2 lora: straight {np.round(reference, 4).tolist()} resumed {np.round(resumed, 4).tolist()}")

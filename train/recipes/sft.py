@@ -131,7 +131,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.set_num_threads(loop_config["threads"])
     torch.manual_seed(config.seed)
     total_steps = loop_config["total_steps"]
-    engine = setup_engine(config, loop_config["model_path"], total_steps)
+    engine = setup_engine(config, loop_config["model_path"], loop_config["schedule_steps"])
     state = restore(engine)
     started_at = state.step
     metrics_log = MetricsLog(loop_config["run_dir"]) if ray.train.get_context().get_world_rank() == 0 else None
@@ -225,12 +225,16 @@ def run(config: SftConfig) -> dict[str, Any]:
     dataset = build_sed_examples(config, model_path)
     per_worker = dataset.count() // config.distributed.num_workers
     steps_per_epoch = max(1, per_worker // config.optim.micro_batch // config.grad_accum)
-    total_steps = min(config.optim.max_steps or 10**12, steps_per_epoch * config.optim.epochs)
+    # The LR schedule spans the epochs; max_steps only stops early, so a run stopped and restarted with a
+    # larger max_steps follows the same schedule as one that ran straight through.
+    schedule_steps = steps_per_epoch * config.optim.epochs
+    total_steps = min(config.optim.max_steps or schedule_steps, schedule_steps)
     dist_cfg = config.distributed
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config.model_dump(), "model_path": model_path, "run_dir": run_dir,
-                           "total_steps": total_steps, "pad_token_id": tokenizer.pad_token_id,
+                           "total_steps": total_steps, "schedule_steps": schedule_steps,
+                           "pad_token_id": tokenizer.pad_token_id,
                            "threads": max(1, int(dist_cfg.cpus_per_worker)) if not dist_cfg.use_gpu else 4},
         torch_config=TorchConfig(backend=dist_cfg.backend),
         scaling_config=ScalingConfig(num_workers=dist_cfg.num_workers, use_gpu=dist_cfg.use_gpu,
