@@ -9,7 +9,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_CLIPS ?= .cache/demo_clips
 DEMO_OUT ?= outputs/demo
 
-.PHONY: demo test lint system-deps install clean
+.PHONY: demo demo-sft test lint system-deps install clean
 
 system-deps:
 	@if ! command -v ffmpeg >/dev/null || ! command -v espeak-ng >/dev/null; then \
@@ -32,6 +32,10 @@ install: system-deps $(STAMP)
 demo: install
 	$(PY) jobs/make_demo_data.py --out $(DEMO_CLIPS)
 	$(PY) jobs/build_saber.py --config jobs/configs/demo.yaml --input $(DEMO_CLIPS) --output $(DEMO_OUT)
+
+# SED-SFT on the demo's sed/ records: tiny Omni thinker, 2 CPU workers, DeepSpeed ZeRO-3 over gloo.
+demo-sft: demo
+	$(PY) jobs/train_sed.py --config jobs/configs/sft_demo.yaml data.sed=$(DEMO_OUT)/sed
 
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider

@@ -14,7 +14,7 @@ import pyarrow as pa
 import ray
 
 from engine.config import EngineConfig
-from engine.pipeline import build_plan, media_stages, plan_options, source_to_rows
+from engine.pipeline import build_plan, media_stages, source_to_rows
 from engine.schema import is_alive
 from engine.sources import list_source
 from engine.stages.asr import AsrWerFilterStage
@@ -72,7 +72,6 @@ def sequential(source: pa.Table, config: EngineConfig, with_asr: bool, asr_threa
 def distributed(source: pa.Table, config: EngineConfig, with_asr: bool) -> Throughput:
     """The engine's plan on the running Ray, drained to the driver like build_saber does."""
     config = config.model_copy(update={"asr": config.asr.model_copy(update={"enabled": with_asr})})
-    plan_options()
     started = time.perf_counter()
     rows = []
     for batch in build_plan(source, config).iter_batches(batch_format="pyarrow", batch_size=None):

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from engine import storage
 from engine.config import EngineConfig, dump_config
-from engine.pipeline import build_plan, funnel_stages, plan_options
+from engine.pipeline import build_plan, funnel_stages
 from engine.report import build_report, write_report
 from engine.sed import SED_SCHEMA, sed_record
 from engine.sources import list_source
@@ -82,7 +82,6 @@ def run_build(config: EngineConfig) -> dict[str, Any]:
              total, skipped, todo.num_rows, writer.run_id)
     progress = Progress(total=todo.num_rows, every=config.summary_seconds)
     if todo.num_rows:
-        plan_options()
         for batch in build_plan(todo, config).iter_batches(batch_format="pyarrow", batch_size=None):
             writer.add(batch)
             progress.update(batch)

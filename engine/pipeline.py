@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import pyarrow as pa
 import ray
@@ -108,11 +107,3 @@ def build_plan(source: pa.Table, config: EngineConfig) -> ray.data.Dataset:
             udf_modifying_row_count=False,
         )
     return ds.select_columns(CLIP_SCHEMA.names)
-
-
-def plan_options() -> dict[str, Any]:
-    """DataContext settings the engine relies on (applied on the driver before execution)."""
-    ctx = ray.data.DataContext.get_current()
-    # Keep the output order irrelevant but the stream flowing: rows reach the writer as soon as done.
-    ctx.execution_options.preserve_order = False
-    return {"preserve_order": ctx.execution_options.preserve_order}
