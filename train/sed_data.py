@@ -22,13 +22,14 @@ ARRAY_COLUMNS = ("input_ids", "labels", "pixel_values_videos", "video_grid_thw",
                  "input_features")
 
 
-def sed_messages(record: dict[str, Any]) -> list[dict[str, Any]]:
-    """System, then the user turn: the video, its audio as a separate stream, then the instruction."""
+def sed_messages(record: dict[str, Any], audio_in_video: bool = False) -> list[dict[str, Any]]:
+    """System, then the user turn: the video, its audio as a separate stream (the official inference) unless
+    it is interleaved into the video's placeholder, then the instruction."""
+    media = [{"type": "video"}] + ([] if audio_in_video else [{"type": "audio"}])
     return [
         {"role": "system", "content": [{"type": "text", "text": record.get("system") or SYSTEM_PROMPT}]},
         {"role": "user", "content": [
-            {"type": "video"}, {"type": "audio"},
-            {"type": "text", "text": record.get("prompt") or user_prompt(record.get("lang"))}]},
+            *media, {"type": "text", "text": record.get("prompt") or user_prompt(record.get("lang"))}]},
     ]
 
 
@@ -52,8 +53,11 @@ class SedEncoder:
         self.video_size = {"shortest_edge": 4 * 28 * 28, "longest_edge": config.max_pixels}
 
     def encode(self, record: dict[str, Any], frames: np.ndarray, audio: np.ndarray) -> dict[str, np.ndarray]:
-        prompt = self.processor.apply_chat_template(sed_messages(record), tokenize=False, add_generation_prompt=True)
-        extra = {"use_audio_in_video": True} if self.config.audio_in_video else {}
+        interleave = self.config.audio_in_video
+        prompt = self.processor.apply_chat_template(sed_messages(record, interleave), tokenize=False,
+                                                    add_generation_prompt=True)
+        # Interleaved: our already-decoded track is the audio of video 0 (no second decode by the processor).
+        extra = {"load_audio_from_video": True, "audio_from_video_indices": [0]} if interleave else {}
         enc = self.processor(text=prompt, videos=[frames], audio=[audio], return_tensors="np",
                              videos_kwargs={"size": self.video_size, "fps": self.config.fps}, **extra)
         input_ids, labels = mask_labels(enc["input_ids"][0].tolist(),

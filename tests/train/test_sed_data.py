@@ -109,3 +109,43 @@ def test_shipped_training_configs_validate():
     production = load_config(SftConfig, "jobs/configs/sft_production.yaml", ["data.sed=/x", "storage_path=/y"])
     assert (production.optim.epochs, production.optim.global_batch, production.optim.lr) == (2, 128, 1e-4)
     assert production.distributed.num_workers == 8 and production.model.path == "Qwen/Qwen2.5-Omni-7B"
+
+
+def _encode(tiny_omni, **data):
+    processor = AutoProcessor.from_pretrained(tiny_omni)
+    encoder = SedEncoder(processor, DataConfig(sed="x", max_pixels=56 * 56, **data))
+    example = encoder.encode({"clip_id": "c", "lang": "en", "target": "## Reasoning\nAnger."},
+                             np.zeros((4, 56, 56, 3), dtype=np.uint8), np.full(32000, 0.1, dtype=np.float32))
+    return processor, example
+
+
+def test_audio_as_separate_stream_or_interleaved_in_the_video(tiny_omni):
+    processor, separate = _encode(tiny_omni)
+    _, interleaved = _encode(tiny_omni, audio_in_video=True)
+    tok = processor.tokenizer
+    text_separate = tok.decode(separate["input_ids"])
+    text_interleaved = tok.decode(interleaved["input_ids"])
+    # Separate (default): a video block, then its own audio block.
+    assert "<|vision_eos|><|audio_bos|>" in text_separate
+    # Interleaved: the audio opens inside the video block; same number of media tokens (8 video, 50 audio).
+    assert "<|vision_bos|><|audio_bos|>" in text_interleaved
+    for example in (separate, interleaved):
+        ids = example["input_ids"].tolist()
+        assert ids.count(tok.convert_tokens_to_ids("<|VIDEO|>")) == 8
+        assert ids.count(tok.convert_tokens_to_ids("<|AUDIO|>")) == 50
+
+
+def test_gradient_checkpointing_trains_and_encoders_stay_frozen(tiny_omni):
+    from train.config import ModelConfig
+    from train.modeling import load_thinker, submodule
+
+    processor, example = _encode(tiny_omni)
+    model = load_thinker(ModelConfig(path=str(tiny_omni), gradient_checkpointing=True))
+    model.train()
+    assert model.is_gradient_checkpointing
+    loss = model(**collate_sed({k: [v] for k, v in example.items()}, processor.tokenizer.pad_token_id)).loss
+    loss.backward()
+    lm_grads = [p.grad for p in submodule(model, "language_model").parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in lm_grads)
+    for frozen in ("audio_tower", "visual"):
+        assert all(p.grad is None and not p.requires_grad for p in submodule(model, frozen).parameters())
