@@ -75,6 +75,17 @@ class AsrConfig(ConfigSection):
     max_cer: float = Field(0.5, ge=0)
 
 
+class ConsistencyConfig(ConfigSection):
+    """Description-vs-annotation agreement. `embedding`: cosine similarity of sentence embeddings (cheap;
+    a pre-filter or the whole check)."""
+
+    enabled: bool = False  # needs the describe stage's `description`
+    method: Literal["embedding"] = "embedding"
+    embedding_model: str = "sentence-transformers/all-MiniLM-L6-v2"
+    # Seen on tests/data/consistency_pairs.jsonl with MiniLM: true pairs >= 0.64, swapped pairs <= 0.47.
+    min_similarity: float = Field(0.5, ge=-1, le=1)
+
+
 class ResourcesConfig(ConfigSection):
     """Actor-pool sizes and per-actor resources; they must match the cluster's node types."""
 
@@ -114,6 +125,7 @@ class EngineConfig(ConfigSection):
     media: MediaConfig = MediaConfig()
     noise: NoiseConfig = NoiseConfig()
     asr: AsrConfig = AsrConfig()
+    consistency: ConsistencyConfig = ConsistencyConfig()
     resources: ResourcesConfig = ResourcesConfig()
 
     @model_validator(mode="after")

@@ -51,6 +51,10 @@ CLIP_FIELDS: list[pa.Field] = [
     pa.field("asr_language", pa.string()),
     pa.field("asr_metric", pa.string()),
     pa.field("asr_wer", pa.float64()),
+    # describe + consistency
+    pa.field("description", pa.string()),
+    pa.field("consistency_score", pa.float64()),
+    pa.field("consistency_method", pa.string()),
     # annotation (official SABER layout, flattened)
     *[pa.field(name, pa.string()) for name in ANNOTATION_FIELDS],
     pa.field("annotation_source", pa.string()),
