@@ -19,7 +19,7 @@ def resolve_model_path(path: str) -> str:
     """`tiny:DIR` builds (or reuses) a tiny Omni thinker in DIR; anything else is a folder or hub id."""
     if not path.startswith(_TINY):
         return path
-    from train.tiny_models import build_tiny_omni
+    from engine.tiny_models import build_tiny_omni
 
     return str(build_tiny_omni(Path(path[len(_TINY):]).expanduser().resolve()))
 

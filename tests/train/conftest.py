@@ -12,7 +12,7 @@ from engine.annotation import parse_annotation
 from engine.schema import clip_id_for
 from engine.sed import SED_SCHEMA, sed_record
 from tests.conftest import CACHE
-from train.tiny_models import build_tiny_omni
+from engine.tiny_models import build_tiny_omni
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import Qwen2_5OmniProcessor, Qwen2_5OmniThinkerForConditionalGeneration
 
-from train.tiny_models import MARKER_FILE, build_tiny_omni
+from engine.tiny_models import MARKER_FILE, build_tiny_omni
 
 SR = 16_000
 CONVERSATION = [
