@@ -60,6 +60,8 @@ CLIP_FIELDS: list[pa.Field] = [
     pa.field("annotation_source", pa.string()),
     # provenance
     pa.field("asr_model", pa.string()),
+    # JSON {stage: "model_id prompt@hash"} for every model-made column (annotate, describe, judges)
+    pa.field("provenance", pa.string()),
     pa.field("run_id", pa.string()),
     pa.field("processed_at", pa.timestamp("ms", tz="UTC")),
 ]
