@@ -33,7 +33,11 @@ def flatten_annotation(data: Any) -> dict[str, str]:
     if not isinstance(data, dict):
         raise AnnotationError(f"expected a JSON object, got {type(data).__name__}")
     audio = data.get("audio_desc")
-    problems = [f"audio_desc: expected an object, got {type(audio).__name__}"] if not isinstance(audio, dict) else []
+    problems = []
+    if audio is None:
+        problems.append("audio_desc: missing")
+    elif not isinstance(audio, dict):
+        problems.append(f"audio_desc: expected an object, got {type(audio).__name__}")
     audio = audio if isinstance(audio, dict) else {}
     fields = {key: data.get(key) for key in _TOP_LEVEL} | {key: audio.get(key) for key in _AUDIO}
     for key, value in fields.items():

@@ -11,8 +11,8 @@ import pytest
 from engine.annotation import parse_annotation
 from engine.schema import clip_id_for
 from engine.sed import SED_SCHEMA, sed_record
-from tests.conftest import CACHE
 from engine.tiny_models import build_tiny_omni
+from tests.conftest import CACHE
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,33 @@
+"""Independent video description (Qwen2.5-VL in the paper) from the sampled frames only."""
+
+from __future__ import annotations
+
+from engine.backends.base import ChatRequest
+from engine.backends.media_parts import frame_parts, media_key
+from engine.prompts import DESCRIBE
+from engine.stages.base import Row
+from engine.stages.model_stage import BatchedModelStage
+from engine.verdicts import VerdictError
+
+
+class DescribeStage(BatchedModelStage):
+    name = "describe"
+    prompt = DESCRIBE
+    unparseable_reason = "empty_description"
+    repair = False  # free text: nothing to repair, an empty answer is recorded
+    requires = ("frames_jpeg",)
+    produces = ("description", "provenance")
+
+    def __init__(self, backend, max_tokens: int = 256) -> None:  # noqa: ANN001 - a ChatBackend
+        super().__init__(backend)
+        self.max_tokens = max_tokens
+
+    def request(self, row: Row) -> ChatRequest:
+        content = [*frame_parts(row["frames_jpeg"]), {"type": "text", "text": DESCRIBE.text}]
+        return ChatRequest([{"role": "user", "content": content}], max_tokens=self.max_tokens,
+                           media_key=media_key(row["frames_jpeg"], b""), tag=self.name)
+
+    def accept(self, row: Row, text: str) -> None:
+        if not text.strip():
+            raise VerdictError("empty description")
+        row["description"] = text.strip()
