@@ -1,27 +1,16 @@
-"""Typed configuration for the SABER engine.
-
-Configs are YAML files validated by pydantic models. Defaults live on the models only; the YAML files
-override them, and `key=value` arguments on the command line override the YAML. Every error is reported
-at once, each naming the dotted field and the offending value.
-"""
+"""Typed configuration for the SABER engine (loading machinery in engine/config_base.py)."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
+from engine.backends.http import HttpBackendConfig
+from engine.backends.local import LocalBackendConfig
+from engine.config_base import ConfigError, ConfigSection, dump_config, load_config, parse_overrides
 
-class ConfigError(ValueError):
-    """Raised with every problem found in a config, one per line."""
-
-
-class ConfigSection(BaseModel):
-    # Unknown keys are errors: a typo in a YAML file must not silently fall back to a default.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+__all__ = ["ConfigError", "ConfigSection", "EngineConfig", "dump_config", "load_config", "parse_overrides"]
 
 
 class MediaConfig(ConfigSection):
@@ -75,15 +64,55 @@ class AsrConfig(ConfigSection):
     max_cer: float = Field(0.5, ge=0)
 
 
+class BackendConfig(ConfigSection):
+    """Which model answers a stage: an OpenAI-compatible HTTP API or a local transformers model."""
+
+    kind: Literal["http", "local"] = "local"
+    http: HttpBackendConfig | None = None
+    local: LocalBackendConfig | None = None
+
+    @model_validator(mode="after")
+    def _section_given(self) -> BackendConfig:
+        if getattr(self, self.kind) is None:
+            raise ValueError(f"kind is {self.kind!r} but the {self.kind!r} section is missing")
+        return self
+
+
+class PoolConfig(ConfigSection):
+    """One actor pool: sizes and per-actor resources (GPU stages ask for exactly one actor's share)."""
+
+    concurrency: tuple[int, int] = (1, 1)
+    num_cpus: float = Field(1.0, gt=0)
+    num_gpus: float = Field(0.0, ge=0)
+    batch_size: int = Field(4, ge=1)
+
+
+class ModelStageConfig(ConfigSection):
+    enabled: bool = False
+    backend: BackendConfig | None = None
+    pool: PoolConfig = PoolConfig()
+    max_tokens: int = Field(512, ge=1)
+
+    @model_validator(mode="after")
+    def _backend_when_enabled(self) -> ModelStageConfig:
+        if self.enabled and self.backend is None:
+            raise ValueError("enabled but no backend configured")
+        return self
+
+
 class ConsistencyConfig(ConfigSection):
     """Description-vs-annotation agreement. `embedding`: cosine similarity of sentence embeddings (cheap;
-    a pre-filter or the whole check)."""
+    a pre-filter or the whole check); `judge`: an LLM scores 0-10 with a reason."""
 
     enabled: bool = False  # needs the describe stage's `description`
-    method: Literal["embedding"] = "embedding"
+    method: Literal["embedding", "judge"] = "embedding"
     embedding_model: str = "sentence-transformers/all-MiniLM-L6-v2"
     # Seen on tests/data/consistency_pairs.jsonl with MiniLM: true pairs >= 0.64, swapped pairs <= 0.47.
-    min_similarity: float = Field(0.5, ge=-1, le=1)
+    # None records the score without rejecting (e.g. when the describer is a tiny random test model).
+    min_similarity: float | None = Field(0.5, ge=-1, le=1)
+    judge: ModelStageConfig = ModelStageConfig(max_tokens=128)
+    min_judge_score: int = Field(5, ge=0, le=10)
+    pool: PoolConfig = PoolConfig()
 
 
 class ResourcesConfig(ConfigSection):
@@ -125,6 +154,8 @@ class EngineConfig(ConfigSection):
     media: MediaConfig = MediaConfig()
     noise: NoiseConfig = NoiseConfig()
     asr: AsrConfig = AsrConfig()
+    annotate: ModelStageConfig = ModelStageConfig(max_tokens=1024)
+    describe: ModelStageConfig = ModelStageConfig(max_tokens=256)
     consistency: ConsistencyConfig = ConsistencyConfig()
     resources: ResourcesConfig = ResourcesConfig()
 
@@ -134,61 +165,3 @@ class EngineConfig(ConfigSection):
         if missing:
             raise ValueError(f"missing {', '.join(missing)} (set it in the YAML, with --{missing[0]}, or key=value)")
         return self
-
-
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """Turns ["asr.max_wer=0.4", "limit=10"] into a nested dict; values are parsed as YAML scalars."""
-    tree: dict[str, Any] = {}
-    bad = [p for p in pairs if "=" not in p or not p.split("=", 1)[0]]
-    if bad:
-        raise ConfigError("\n".join(f"override {p!r}: expected key=value" for p in bad))
-    for pair in pairs:
-        key, raw = pair.split("=", 1)
-        node = tree
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw) if raw != "" else ""
-    return tree
-
-
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def _format_errors(err: ValidationError) -> str:
-    lines = []
-    for item in err.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "<config>"
-        value = item.get("input")
-        shown = "" if isinstance(value, dict) else f" (got {value!r})"
-        lines.append(f"{where}: {item['msg']}{shown}")
-    return "\n".join(lines)
-
-
-def load_config(model: type[BaseModel], path: str | Path | None, overrides: list[str] | None = None,
-                extra: dict[str, Any] | None = None) -> Any:
-    """Loads YAML, applies `extra` (e.g. --input/--output) then key=value overrides, validates all at once."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        loaded = yaml.safe_load(Path(path).read_text())
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")
-        data = loaded or {}
-    data = _merge(data, {k: v for k, v in (extra or {}).items() if v is not None})
-    data = _merge(data, parse_overrides(overrides or []))
-    try:
-        return model.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(f"invalid config ({err.error_count()} errors):\n{_format_errors(err)}") from None
-
-
-def dump_config(config: BaseModel) -> str:
-    """The resolved config as YAML, saved next to the outputs so a run can be reproduced."""
-    return yaml.safe_dump(json.loads(config.model_dump_json()), sort_keys=False)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import pyarrow as pa
 import ray
 import ray.data
 
-from engine.config import EngineConfig
+from engine.config import EngineConfig, PoolConfig
 from engine.schema import CLIP_SCHEMA, WORK_SCHEMA, new_row, rows_to_table
 from engine.stages.annotation_check import AnnotationCheckStage
 from engine.stages.asr import AsrWerFilterStage
@@ -30,8 +31,55 @@ def funnel_stages(config: EngineConfig) -> list[str]:
     """Stage names in plan order, as they appear in reject_stage and in the report's funnel."""
     names = ["annotation", "probe", "decode"]
     names += ["noise"] if config.noise.enabled else []
+    names += ["annotate"] if config.annotate.enabled else []
     names += ["asr"] if config.asr.enabled else []
+    names += ["describe"] if config.describe.enabled else []
+    names += ["consistency"] if config.consistency.enabled else []
     return names
+
+
+def annotate_stage(config: EngineConfig) -> Callable[[list[Row]], list[Row]]:
+    from engine.backends.factory import make_backend
+    from engine.stages.annotate import AnnotateStage
+
+    return AnnotateStage(make_backend(config.annotate.backend), max_tokens=config.annotate.max_tokens)
+
+
+def describe_stage(config: EngineConfig) -> Callable[[list[Row]], list[Row]]:
+    from engine.backends.factory import make_backend
+    from engine.stages.describe import DescribeStage
+
+    return DescribeStage(make_backend(config.describe.backend), max_tokens=config.describe.max_tokens)
+
+
+def consistency_stage(config: EngineConfig) -> Callable[[list[Row]], list[Row]]:
+    cfg = config.consistency
+    if cfg.method == "judge":
+        from engine.backends.factory import make_backend
+        from engine.stages.judge import ConsistencyJudgeStage
+
+        return ConsistencyJudgeStage(make_backend(cfg.judge.backend), min_score=cfg.min_judge_score)
+    from engine.stages.consistency import EmbeddingConsistencyStage
+
+    return EmbeddingConsistencyStage(cfg)
+
+
+def model_pools(config: EngineConfig) -> list[tuple[StageFactory, PoolConfig]]:
+    """Actor pools after the media tasks, in plan order (annotate must precede the ASR-WER check)."""
+    res = config.resources
+    pools: list[tuple[StageFactory, PoolConfig]] = []
+    if config.annotate.enabled:
+        pools.append((partial(annotate_stage, config), config.annotate.pool))
+    if config.asr.enabled:
+        asr_pool = PoolConfig(concurrency=res.asr_concurrency, num_cpus=res.asr_num_cpus,
+                              num_gpus=res.asr_num_gpus, batch_size=res.asr_batch_size)
+        pools.append((partial(AsrWerFilterStage, config.asr), asr_pool))
+    if config.describe.enabled:
+        pools.append((partial(describe_stage, config), config.describe.pool))
+    if config.consistency.enabled:
+        pool = config.consistency.judge.pool if config.consistency.method == "judge" else config.consistency.pool
+        pools.append((partial(consistency_stage, config), pool))
+    return pools
 
 
 def media_stages(config: EngineConfig) -> list[StageFactory]:
@@ -95,15 +143,15 @@ def build_plan(source: pa.Table, config: EngineConfig) -> ray.data.Dataset:
         compute=ray.data.TaskPoolStrategy(size=res.media_concurrency[1]),
         udf_modifying_row_count=False,
     )
-    if config.asr.enabled:
+    for factory, pool in model_pools(config):
         ds = ds.map_batches(
             StageChain,
-            fn_constructor_kwargs={"factories": [lambda: AsrWerFilterStage(config.asr)]},
+            fn_constructor_kwargs={"factories": [factory]},
             batch_format="pyarrow",
-            batch_size=res.asr_batch_size,
-            num_cpus=res.asr_num_cpus,
-            num_gpus=res.asr_num_gpus,
-            compute=ray.data.ActorPoolStrategy(min_size=res.asr_concurrency[0], max_size=res.asr_concurrency[1]),
+            batch_size=pool.batch_size,
+            num_cpus=pool.num_cpus,
+            num_gpus=pool.num_gpus,
+            compute=ray.data.ActorPoolStrategy(min_size=pool.concurrency[0], max_size=pool.concurrency[1]),
             udf_modifying_row_count=False,
         )
     return ds.select_columns(CLIP_SCHEMA.names)

@@ -33,7 +33,7 @@ from urllib3.exceptions import ReadTimeoutError
 
 from engine.backends.base import ChatRequest, ChatResult, UsageLog, request_key
 from engine.backends.response_cache import ResponseCache
-from engine.config import ConfigSection
+from engine.config_base import ConfigSection
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from pydantic import Field, model_validator
 
 from engine.backends.base import ChatRequest, ChatResult, UsageLog
 from engine.backends.media_parts import MediaPartError, decode_audio, decode_frames, is_audio_part, is_image_part
-from engine.config import ConfigSection
+from engine.config_base import ConfigSection
 
 log = logging.getLogger(__name__)
 _Media = TypeVar("_Media")

@@ -40,5 +40,5 @@ class EmbeddingConsistencyStage(RowStage):
             raise MediaError("consistency_unscorable", "no description or no visual annotation to compare")
         score = self._scores[row["clip_id"]]
         row.update(consistency_score=score, consistency_method=f"embedding:{self.embedder.model_id}")
-        if score < self.config.min_similarity:
+        if self.config.min_similarity is not None and score < self.config.min_similarity:
             raise MediaError("inconsistent_description", f"similarity {score:.2f} < {self.config.min_similarity}")
