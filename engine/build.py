@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from engine import storage
 from engine.config import EngineConfig, dump_config
-from engine.pipeline import build_plan, funnel_stages
+from engine.pipeline import build_plan, funnel_stages, minimum_resources
 from engine.report import build_report, write_report
 from engine.sed import SED_SCHEMA, sed_record
 from engine.sources import list_source
@@ -72,6 +72,19 @@ def pending_sources(config: EngineConfig, writer: ClipTableWriter) -> tuple[pa.T
     return source.filter(mask), source.num_rows, source.num_rows - int(pc.sum(mask).as_py() or 0)
 
 
+def warn_if_pools_do_not_fit(config: EngineConfig) -> None:
+    """A plan whose minimum actor pools exceed the cluster waits until the autoscaler adds nodes, and forever
+    on a fixed cluster: say so up front, naming the numbers, instead of hanging silently."""
+    import ray
+
+    need, have = minimum_resources(config), ray.cluster_resources()
+    for resource, amount in need.items():
+        if amount > have.get(resource, 0.0) + 1e-9:
+            log.warning("[build_saber] the plan's minimum pools need %.2f %s but the cluster has %.2f now: it "
+                        "will wait for the autoscaler (on a fixed cluster, lower resources.* / *.pool.num_cpus "
+                        "or concurrency)", amount, resource, have.get(resource, 0.0))
+
+
 def run_build(config: EngineConfig) -> dict[str, Any]:
     config = config.model_copy(update={"input": storage.absolute(config.input),
                                        "output": storage.absolute(config.output)})
@@ -82,6 +95,7 @@ def run_build(config: EngineConfig) -> dict[str, Any]:
              total, skipped, todo.num_rows, writer.run_id)
     progress = Progress(total=todo.num_rows, every=config.summary_seconds)
     if todo.num_rows:
+        warn_if_pools_do_not_fit(config)
         for batch in build_plan(todo, config).iter_batches(batch_format="pyarrow", batch_size=None):
             writer.add(batch)
             progress.update(batch)

@@ -129,6 +129,13 @@ class StageChain:
         return _finish(rows)
 
 
+def minimum_resources(config: EngineConfig) -> dict[str, float]:
+    """CPUs/GPUs the plan needs to run at all: every pool at its minimum size plus one media task."""
+    pools = [pool for _, pool in model_pools(config)]
+    return {"CPU": config.resources.media_num_cpus + sum(p.concurrency[0] * p.num_cpus for p in pools),
+            "GPU": sum(p.concurrency[0] * p.num_gpus for p in pools)}
+
+
 def build_plan(source: pa.Table, config: EngineConfig) -> ray.data.Dataset:
     """Source table -> dataset of clip-table rows (media columns dropped), one per source row."""
     res, size = config.resources, config.block_rows

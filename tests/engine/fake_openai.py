@@ -25,10 +25,12 @@ import re
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+Responder = Callable[[dict[str, Any], str], dict[str, Any] | None]
 _DIRECTIVE = re.compile(r"\[\[([a-z-]+)(?::([^\]x]*))?(?:x(\d+))?\]\]")
 DEFAULT_COMPLETION_TOKENS = 5
 
@@ -69,7 +71,10 @@ class _Server(ThreadingHTTPServer):
 class FakeOpenAI:
     """`with FakeOpenAI() as server:` ... `server.url` is the base_url ("http://127.0.0.1:PORT/v1")."""
 
-    def __init__(self) -> None:
+    def __init__(self, responder: Responder | None = None) -> None:
+        # responder(body, prompt) -> {"status": N} | {"sleep": S} | {"truncate": True} | {"content": str} | None
+        # (None: the directive/echo behaviour). It lets a test script answers per request body.
+        self.responder = responder
         self.calls: Counter[str] = Counter()
         self.call_times: dict[str, list[float]] = defaultdict(list)
         self.auth_headers: list[str | None] = []
@@ -139,6 +144,10 @@ class _Handler(BaseHTTPRequestHandler):
             fake.leave()
 
     def _answer(self, body: dict[str, Any], prompt: str, call: int) -> None:
+        scripted = self.server.fake.responder(body, prompt) if self.server.fake.responder else None
+        if scripted is not None:
+            self._scripted(body, scripted)
+            return
         plan = {name: d for name, d in parse_directives(prompt).items() if d.active(call)}
         if "sleep" in plan and self.server.fake.stopping.wait(float(plan["sleep"].arg)):
             return  # the server is stopping: drop the connection unanswered
@@ -158,6 +167,15 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(200, full)
 
+    def _scripted(self, body: dict[str, Any], answer: dict[str, Any]) -> None:
+        if "sleep" in answer and self.server.fake.stopping.wait(float(answer["sleep"])):
+            return
+        if "status" in answer:
+            self._send(int(answer["status"]), _error_body(int(answer["status"])))
+            return
+        full = _completion(body, "", {}, content=answer.get("content", ""))
+        self._send(200, full[: len(full) // 2] if answer.get("truncate") else full)
+
     def _send(self, status: int, payload: bytes, extra: dict[str, str] | None = None,
               length: int | None = None) -> None:
         self.send_response(status)
@@ -170,12 +188,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
 
 
-def _completion(body: dict[str, Any], prompt: str, plan: dict[str, Directive]) -> bytes:
+def _completion(body: dict[str, Any], prompt: str, plan: dict[str, Directive], content: str | None = None) -> bytes:
     messages = body.get("messages", [])
     clean = _DIRECTIVE.sub("", prompt).strip()
     n_media = sum(1 for m in messages if isinstance(m.get("content"), list)
                   for part in m["content"] if part.get("type") != "text")
-    content = "not json {" if "raw" in plan else json.dumps({"echo": clean, "n_media": n_media}, sort_keys=True)
+    if content is None:
+        content = "not json {" if "raw" in plan else json.dumps({"echo": clean, "n_media": n_media}, sort_keys=True)
     if "usage" in plan:
         prompt_tokens, completion_tokens = (int(n) for n in plan["usage"].arg.split(","))
     else:

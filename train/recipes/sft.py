@@ -182,6 +182,8 @@ def report_step(engine: Any, config: SftConfig, state: TrainState, row: dict[str
     if metrics_log:
         metrics_log.append(row)
     if state.step % config.checkpoint_every == 0 or state.step >= total_steps:
+        if metrics_log:  # the log on disk must cover the checkpoint: a restart resumes both from here
+            metrics_log.flush()
         save_checkpoint(engine, state, row)
     elif state.step % config.report_every == 0:  # the same steps on every rank, as V2's barrier needs
         ray.train.report(row)

@@ -1,0 +1,125 @@
+"""build_saber with annotate, describe and an LLM consistency judge behind an OpenAI-compatible API: a
+loopback server answers with 429s, 500s, timeouts, truncated bodies and unusable JSON. The job completes,
+every failure is a recorded reason, and a rerun on the same response cache pays for nothing twice."""
+
+import hashlib
+import json
+import threading
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from engine.writer import read_clip_table
+from tests.engine.fake_openai import FakeOpenAI
+from tests.jobs.helpers import REPO, run_build
+
+pytestmark = pytest.mark.slow
+
+ANNOTATION = json.dumps({"video_desc": "A drawn face on a plain background talks to the camera.",
+                         "audio_desc": {"speech_content": "words", "acoustic_feat": "steady"},
+                         "facial_exp_desc": "The mouth moves with the words.", "body_lang_desc": "Still.",
+                         "sentiment_analysis": "Neutral."})
+# Annotation requests get a class in order of first arrival (every class appears among 16 clips; the same
+# request keeps its class on the rerun): what the server does with each.
+PLAN = {0: "429 twice, then answers", 1: "500 once, then answers", 2: "times out on every attempt",
+        3: "answers unusable JSON, also to the repair", 4: "truncated body once, then answers", 5: "answers"}
+
+
+class Script:
+    """Answers per request; counts calls per request body and per class."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.calls: Counter[str] = Counter()
+        self.classes: dict[str, int] = {}
+
+    def __call__(self, body, prompt):
+        messages = body["messages"]
+        first_user = json.dumps(messages[0]["content"], sort_keys=True)
+        key = hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()
+        with self.lock:
+            self.calls[key] += 1
+            call = self.calls[key]
+            if "six dimensions" in first_user:
+                cls = self.classes.setdefault(first_user, len(self.classes) % 6)
+        if "six dimensions" in first_user:
+            return self._annotate(cls, call)
+        if "Describe this video" in first_user:
+            return {"content": "A cartoon face talks calmly against a plain background."}
+        return {"content": '{"score": 7, "reason": "both describe a talking drawn face"}'}
+
+    @staticmethod
+    def _annotate(cls, call):
+        if cls == 0 and call <= 2:
+            return {"status": 429}
+        if cls == 1 and call == 1:
+            return {"status": 500}
+        if cls == 2:
+            return {"sleep": 2.5}
+        if cls == 3:
+            return {"content": "Here you go: {video_desc: broken"}
+        if cls == 4 and call == 1:
+            return {"content": ANNOTATION, "truncate": True}
+        return {"content": ANNOTATION}
+
+
+def _http(url, cache):
+    return {"kind": "http", "http": {"base_url": url, "model": "fake-gemini", "api_key_env": "", "timeout_s": 1.0,
+                                     "max_retries": 2, "backoff_base_s": 0.01, "backoff_max_s": 0.05,
+                                     "max_concurrency": 4, "cache_dir": str(cache)}}
+
+
+def _config(tmp_path, url, cache):
+    config = yaml.safe_load((REPO / "jobs" / "configs" / "demo.yaml").read_text())
+    config["asr"]["enabled"] = False  # the scripted annotations do not transcribe the clips' speech
+    # Three API pools and the media tasks on 2 CPUs: logical shares that fit (3 x 0.5 + 0.5), else the last
+    # pool's actor would wait forever for a CPU.
+    pool = {"concurrency": [1, 1], "num_cpus": 0.5}
+    config["resources"]["media_num_cpus"] = 0.5
+    config["annotate"] = {"enabled": True, "backend": _http(url, cache), "pool": pool}
+    config["describe"] = {"enabled": True, "backend": _http(url, cache), "pool": pool}
+    config["consistency"] = {"enabled": True, "method": "judge", "min_judge_score": 5,
+                             "judge": {"enabled": True, "backend": _http(url, cache), "pool": pool}}
+    path = tmp_path / "models.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_faulty_api_job_completes_records_reasons_and_never_pays_twice(asr_set, tmp_path):
+    folder, clips = asr_set
+    manifest = tmp_path / "clips.jsonl"  # no annotations: every clip goes to the annotator
+    manifest.write_text("".join(json.dumps({"uri": str(folder / c.name)}) + "\n" for c in clips if c.kind == "good"))
+    script = Script()
+    with FakeOpenAI(responder=script) as server:
+        config = _config(tmp_path, server.url, tmp_path / "cache")
+        first = run_build("--config", str(config), "--input", str(manifest), "--output", str(tmp_path / "a"),
+                          timeout=300)
+        assert first.returncode == 0, first.stderr[-3000:]
+        calls_first = sum(script.calls.values())
+        classes = Counter(script.classes.values())
+        script.calls.clear()
+        second = run_build("--config", str(config), "--input", str(manifest), "--output", str(tmp_path / "b"),
+                           timeout=300)
+        assert second.returncode == 0, second.stderr[-3000:]
+        calls_second = dict(script.calls)
+
+    rows = {Path(r["source_uri"]).name: r for r in read_clip_table(str(tmp_path / "a")).to_pylist()}
+    assert len(rows) == 16 and sum(classes.values()) == 16 and set(classes) == set(PLAN)
+    reasons = Counter(f"{r['reject_stage']}/{r['reject_reason']}" for r in rows.values() if r["status"] == "rejected")
+    expected = Counter({"annotate/model_error": classes[2], "annotate/annotation_invalid": classes[3]})
+    assert reasons == +expected, (reasons, classes)
+    kept = [r for r in rows.values() if r["status"] == "kept"]
+    assert len(kept) == 16 - classes[2] - classes[3]
+    assert all(r["consistency_score"] == 7.0 and r["description"] and r["annotation_source"] == "model:fake-gemini"
+               for r in kept)
+    timeouts = [r for r in rows.values() if r["reject_reason"] == "model_error"]
+    assert all(r["reject_detail"] == "fake-gemini: timeout" for r in timeouts)
+    # Second run, same response cache: only the requests that never got an answer (the timeouts) are sent
+    # again, each 3 times (1 + max_retries). Answers that came back, even unusable ones, are not re-bought.
+    assert sum(calls_second.values()) == 3 * classes[2], (calls_second, classes)
+    again = read_clip_table(str(tmp_path / "b")).to_pylist()
+    assert Counter(r["status"] for r in again) == Counter(r["status"] for r in rows.values())
+    print(f"fault job: 16 clips, classes {dict(sorted(classes.items()))}, {calls_first} calls, "
+          f"{sum(calls_second.values())} on the cached rerun, kept {len(kept)}, rejected {dict(reasons)}")
