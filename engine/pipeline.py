@@ -15,7 +15,9 @@ import pyarrow as pa
 import ray
 import ray.data
 
-from engine.config import EngineConfig, PoolConfig
+from engine import storage
+from engine.backends.base import ChatBackend
+from engine.config import BackendConfig, EngineConfig, PoolConfig
 from engine.schema import CLIP_SCHEMA, WORK_SCHEMA, new_row, rows_to_table
 from engine.stages.annotation_check import AnnotationCheckStage
 from engine.stages.asr import AsrWerFilterStage
@@ -38,27 +40,38 @@ def funnel_stages(config: EngineConfig) -> list[str]:
     return names
 
 
-def annotate_stage(config: EngineConfig) -> Callable[[list[Row]], list[Row]]:
+def stage_backend(config: EngineConfig, backend: BackendConfig, stage: str) -> ChatBackend:
+    """The stage's backend; an HTTP one without a cache_dir caches under OUTPUT/cache/<stage>, so a rerun
+    or a resume never pays for the same answer twice unless told otherwise."""
     from engine.backends.factory import make_backend
+
+    if backend.kind == "http" and backend.http.cache_dir is None:
+        http = backend.http.model_copy(update={"cache_dir": storage.join(config.output, "cache", stage)})
+        backend = backend.model_copy(update={"http": http})
+    return make_backend(backend)
+
+
+def annotate_stage(config: EngineConfig) -> Callable[[list[Row]], list[Row]]:
     from engine.stages.annotate import AnnotateStage
 
-    return AnnotateStage(make_backend(config.annotate.backend), max_tokens=config.annotate.max_tokens)
+    backend = stage_backend(config, config.annotate.backend, "annotate")
+    return AnnotateStage(backend, max_tokens=config.annotate.max_tokens)
 
 
 def describe_stage(config: EngineConfig) -> Callable[[list[Row]], list[Row]]:
-    from engine.backends.factory import make_backend
     from engine.stages.describe import DescribeStage
 
-    return DescribeStage(make_backend(config.describe.backend), max_tokens=config.describe.max_tokens)
+    return DescribeStage(stage_backend(config, config.describe.backend, "describe"),
+                         max_tokens=config.describe.max_tokens)
 
 
 def consistency_stage(config: EngineConfig) -> Callable[[list[Row]], list[Row]]:
     cfg = config.consistency
     if cfg.method == "judge":
-        from engine.backends.factory import make_backend
         from engine.stages.judge import ConsistencyJudgeStage
 
-        return ConsistencyJudgeStage(make_backend(cfg.judge.backend), min_score=cfg.min_judge_score)
+        return ConsistencyJudgeStage(stage_backend(config, cfg.judge.backend, "consistency"),
+                                     min_score=cfg.min_judge_score)
     from engine.stages.consistency import EmbeddingConsistencyStage
 
     return EmbeddingConsistencyStage(cfg)

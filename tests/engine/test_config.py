@@ -52,3 +52,16 @@ def test_dump_round_trips():
 def test_shipped_configs_validate():
     for name in ("demo", "production"):
         load_config(EngineConfig, f"jobs/configs/{name}.yaml", ["input=i", "output=o"])
+
+
+def test_production_names_the_papers_models_with_gpu_per_describe_actor():
+    from engine.pipeline import funnel_stages, minimum_resources
+
+    config = load_config(EngineConfig, "jobs/configs/production.yaml", ["input=s3://b/in", "output=s3://b/out"])
+    assert config.describe.backend.local.model == "Qwen/Qwen2.5-VL-7B-Instruct" and config.describe.pool.num_gpus == 1
+    assert config.annotate.backend.http.model == "gemini-2.5-pro"
+    assert config.annotate.backend.http.api_key_env == "GEMINI_API_KEY"  # a variable name, never a key
+    assert config.consistency.method == "judge" and config.consistency.judge.backend.http.model == "gpt-4o"
+    assert funnel_stages(config)[-4:] == ["annotate", "asr", "describe", "consistency"]
+    # Minimum pools: 1 media task + annotate 1 + asr 4 + describe 4 + judge 1 CPUs; asr 0.5 + describe 1 GPUs.
+    assert minimum_resources(config) == {"CPU": 11.0, "GPU": 1.5}
