@@ -26,6 +26,8 @@ import transformers
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     GenerationConfig,
+    PreTrainedConfig,
+    PreTrainedModel,
     PreTrainedTokenizerFast,
     Qwen2_5OmniProcessor,
     Qwen2_5OmniThinkerConfig,
@@ -290,12 +292,14 @@ def _thinker_config(
     )
 
 
-def _save_model(out_dir: Path, config: Qwen2_5OmniThinkerConfig, seed: int) -> None:
+def save_seeded_model(out_dir: Path, model_class: type[PreTrainedModel], config: PreTrainedConfig, seed: int) -> None:
+    """A randomly initialised model, reproducible for a seed, saved with a generation config that stops on
+    <|im_end|> or <|endoftext|> (every tiny builder shares this)."""
     # fork_rng: seeding for a reproducible init must not disturb the caller's random stream.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = Qwen2_5OmniThinkerForConditionalGeneration(config)
-    text = config.text_config
+        model = model_class(config)
+    text = config.get_text_config()
     model.generation_config = GenerationConfig(
         bos_token_id=text.bos_token_id,
         eos_token_id=[text.eos_token_id, text.pad_token_id],  # stop on <|im_end|> or <|endoftext|>
@@ -366,7 +370,7 @@ def _publish(staging: Path, out_dir: Path, params: dict[str, object]) -> None:
 def _build(staging: Path, seed: int, vocab_size: int, hidden_size: int, num_layers: int) -> None:
     tokenizer = build_tiny_tokenizer(staging, vocab_size)
     config = _thinker_config(tokenizer, vocab_size, hidden_size, num_layers)
-    _save_model(staging, config, seed)
+    save_seeded_model(staging, Qwen2_5OmniThinkerForConditionalGeneration, config, seed)
     _save_processor(staging, tokenizer)
 
 

@@ -23,13 +23,9 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
 import transformers
 from tokenizers import AddedToken, pre_tokenizers
 from transformers import (
-    GenerationConfig,
-    PreTrainedConfig,
-    PreTrainedModel,
     PreTrainedTokenizerFast,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
@@ -41,7 +37,15 @@ from transformers import (
 )
 
 # The Omni build's private pieces are shared on purpose: one BPE corpus, one cache/publish protocol.
-from engine.tiny_models import MARKER_FILE, _check_replaceable, _mrope_section, _publish, _read_marker, _train_bpe
+from engine.tiny_models import (
+    MARKER_FILE,
+    _check_replaceable,
+    _mrope_section,
+    _publish,
+    _read_marker,
+    _train_bpe,
+    save_seeded_model,
+)
 
 __all__ = ["LM_CHAT_TEMPLATE", "VL_CHAT_TEMPLATE", "VL_SPECIAL_TOKENS", "build_tiny_causal_lm",
            "build_tiny_qwen2_5_vl"]
@@ -164,20 +168,6 @@ def _vl_config(tokenizer: PreTrainedTokenizerFast, hidden_size: int, num_layers:
     )
 
 
-def _save_model(out_dir: Path, model_class: type[PreTrainedModel], config: PreTrainedConfig, seed: int) -> None:
-    # fork_rng: seeding for a reproducible init must not disturb the caller's random stream.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = model_class(config)
-    text = config.get_text_config()
-    model.generation_config = GenerationConfig(
-        bos_token_id=text.bos_token_id,
-        eos_token_id=[text.eos_token_id, text.pad_token_id],  # stop on <|im_end|> or <|endoftext|>
-        pad_token_id=text.pad_token_id,
-    )
-    model.save_pretrained(out_dir)
-
-
 def _save_vl_processor(out_dir: Path, tokenizer: PreTrainedTokenizerFast) -> None:
     # Small saved pixel budgets keep CPU fast; callers that care pass images_kwargs/videos_kwargs sizes.
     pixels = {"shortest_edge": 56 * 56, "longest_edge": 112 * 112}
@@ -196,14 +186,14 @@ def _save_vl_processor(out_dir: Path, tokenizer: PreTrainedTokenizerFast) -> Non
 
 def _build_vl(staging: Path, seed: int, vocab_size: int, hidden_size: int, num_layers: int) -> None:
     tokenizer = _tokenizer(staging, vocab_size, VL_SPECIAL_TOKENS, VL_CHAT_TEMPLATE)
-    _save_model(staging, Qwen2_5_VLForConditionalGeneration, _vl_config(tokenizer, hidden_size, num_layers), seed)
+    save_seeded_model(staging, Qwen2_5_VLForConditionalGeneration, _vl_config(tokenizer, hidden_size, num_layers), seed)
     _save_vl_processor(staging, tokenizer)
 
 
 def _build_lm(staging: Path, seed: int, vocab_size: int, hidden_size: int, num_layers: int) -> None:
     tokenizer = _tokenizer(staging, vocab_size, LM_SPECIAL_TOKENS, LM_CHAT_TEMPLATE)
     config = Qwen2Config(**_text_config(tokenizer, hidden_size, num_layers), tie_word_embeddings=True)
-    _save_model(staging, Qwen2ForCausalLM, config, seed)
+    save_seeded_model(staging, Qwen2ForCausalLM, config, seed)
 
 
 _Builder = Callable[[Path, int, int, int, int], None]
