@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -374,6 +375,25 @@ def _build(staging: Path, seed: int, vocab_size: int, hidden_size: int, num_laye
     _save_processor(staging, tokenizer)
 
 
+def cached_build(out_dir: Path, params: dict[str, object], build: Callable[[Path], None]) -> Path:
+    """Runs `build` into a sibling temp folder and renames it into place, unless out_dir already holds a
+    finished build with these params; an interrupted or concurrent build never leaves a half-written out_dir."""
+    if _read_marker(out_dir) == params:
+        return out_dir
+    _check_replaceable(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the published folder should read like any other
+    try:
+        build(staging)
+        # The marker goes last: its presence means the folder is complete.
+        (staging / MARKER_FILE).write_text(json.dumps(params, indent=2, sort_keys=True))
+        _publish(staging, out_dir, params)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir
+
+
 def build_tiny_omni(
     out_dir: Path, *, seed: int = 0, vocab_size: int = 600, hidden_size: int = 64, num_layers: int = 2
 ) -> Path:
@@ -383,10 +403,9 @@ def build_tiny_omni(
     parameters is returned at once. The build happens in a sibling temp folder that is renamed into place,
     so an interrupted or concurrent build never leaves a half-written out_dir behind.
     """
-    out_dir = Path(out_dir)
     params = _params(seed, vocab_size, hidden_size, num_layers)
-    if _read_marker(out_dir) == params:
-        return out_dir
+    return cached_build(Path(out_dir), params,
+                        lambda staging: _build(staging, seed, vocab_size, hidden_size, num_layers))
     _check_replaceable(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))

@@ -17,9 +17,6 @@ tokens, the chat template and the model differ.
 
 from __future__ import annotations
 
-import json
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,12 +35,9 @@ from transformers import (
 
 # The Omni build's private pieces are shared on purpose: one BPE corpus, one cache/publish protocol.
 from engine.tiny_models import (
-    MARKER_FILE,
-    _check_replaceable,
     _mrope_section,
-    _publish,
-    _read_marker,
     _train_bpe,
+    cached_build,
     save_seeded_model,
 )
 
@@ -201,24 +195,10 @@ _Builder = Callable[[Path, int, int, int, int], None]
 
 def _cached_build(out_dir: Path, kind: str, builder: _Builder, seed: int, vocab_size: int, hidden_size: int,
                   num_layers: int) -> Path:
-    """Build into a sibling temp folder, then rename into place; a finished build with these params is reused."""
-    out_dir = Path(out_dir)
     params = {"build_version": BUILD_VERSION, "kind": kind, "transformers": transformers.__version__,
               "seed": seed, "vocab_size": vocab_size, "hidden_size": hidden_size, "num_layers": num_layers}
-    if _read_marker(out_dir) == params:
-        return out_dir
-    _check_replaceable(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; the published folder should read like any other
-    try:
-        builder(staging, seed, vocab_size, hidden_size, num_layers)
-        # The marker goes last: its presence means the folder is complete.
-        (staging / MARKER_FILE).write_text(json.dumps(params, indent=2, sort_keys=True))
-        _publish(staging, out_dir, params)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return out_dir
+    return cached_build(Path(out_dir), params,
+                        lambda staging: builder(staging, seed, vocab_size, hidden_size, num_layers))
 
 
 def build_tiny_qwen2_5_vl(

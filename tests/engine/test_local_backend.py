@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import wave
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,13 +29,7 @@ from engine.tiny_vl import build_tiny_causal_lm
 SR = 16_000
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    # Tiny ops gain nothing from intra-op threads, and on a busy 2-core box OpenMP barriers slow them badly.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
