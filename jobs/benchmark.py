@@ -61,7 +61,6 @@ def benchmark_sft(args: argparse.Namespace) -> int:
     from transformers import AutoProcessor
 
     from engine.config import load_config as load
-    from engine.sed import SED_SCHEMA, sed_record
     from train.benchmarking import plain_loop, recipe_summary
     from train.config import SftConfig
     from train.modeling import resolve_model_path
@@ -69,7 +68,7 @@ def benchmark_sft(args: argparse.Namespace) -> int:
     from train.sed_data import SedEncoder, load_media
 
     work = args.out / "sft_work"
-    sed_dir = _sed_records_from_demo(args.clips, work / "sed", SED_SCHEMA, sed_record)
+    sed_dir = _sed_records_from_demo(args.clips, work / "sed")
     config = load(SftConfig, REPO / "jobs" / "configs" / "sft_demo.yaml", [
         f"data.sed={sed_dir}", f"storage_path={work / 'runs'}", f"name=bench-{int(time.time())}", "data.limit=8",
         f"optim.max_steps={args.steps}", f"checkpoint_every={args.steps}", f"report_every={args.steps}",
@@ -97,20 +96,21 @@ def benchmark_sft(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sed_records_from_demo(clips: Path, out: Path, schema, make_record) -> Path:  # noqa: ANN001
+def _sed_records_from_demo(clips: Path, out: Path) -> Path:
     """SED records for the demo set's correctly annotated clips (what build_saber would keep)."""
     from engine.annotation import parse_annotation
     from engine.demo_data import load_expected
     from engine.schema import clip_id_for
+    from engine.sed import SED_SCHEMA, sed_record
 
     rows = []
     for clip in load_expected(clips):
         if clip.kind == "good":
             uri = str((clips / clip.name).resolve())
             fields = parse_annotation((clips / clip.name).with_suffix(".json").read_text())
-            rows.append(make_record({"clip_id": clip_id_for(uri), "source_uri": uri, "lang": "en", **fields}))
+            rows.append(sed_record({"clip_id": clip_id_for(uri), "source_uri": uri, "lang": "en", **fields}))
     out.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), out / "part-00000.parquet")
+    pq.write_table(pa.Table.from_pylist(rows, schema=SED_SCHEMA), out / "part-00000.parquet")
     return out
 
 

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {k: report[k] for k in ("input", "kept", "rejected", "rejected_by_reason")}
     print(json.dumps(summary, indent=2))
     print(f"Outputs: {config.output if '://' in config.output else Path(config.output).resolve()}"
-          " (clips/, report.json, report.png, config.yaml)")
+          " (clips/, sed/, report.json, report.png, config.yaml)")
     return 0
 
 

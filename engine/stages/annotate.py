@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from engine.annotation import flatten_annotation
-from engine.backends.base import ChatRequest
+from engine.backends.base import ChatBackend, ChatRequest
 from engine.backends.media_parts import audio_part, frame_parts, media_key
 from engine.prompts import ANNOTATE, annotate_prompt
 from engine.stages.base import Row
@@ -21,7 +21,7 @@ class AnnotateStage(BatchedModelStage):
     produces = ("video_desc", "speech_content", "acoustic_feat", "facial_exp_desc", "body_lang_desc",
                 "sentiment_analysis", "annotation_source", "provenance")
 
-    def __init__(self, backend, max_tokens: int = 1024) -> None:  # noqa: ANN001 - a ChatBackend
+    def __init__(self, backend: ChatBackend, max_tokens: int = 1024) -> None:
         super().__init__(backend)
         self.max_tokens = max_tokens
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.backends.base import ChatRequest
+from engine.backends.base import ChatBackend, ChatRequest
 from engine.backends.media_parts import frame_parts, media_key
 from engine.prompts import DESCRIBE
 from engine.stages.base import Row
@@ -18,7 +18,7 @@ class DescribeStage(BatchedModelStage):
     requires = ("frames_jpeg",)
     produces = ("description", "provenance")
 
-    def __init__(self, backend, max_tokens: int = 256) -> None:  # noqa: ANN001 - a ChatBackend
+    def __init__(self, backend: ChatBackend, max_tokens: int = 256) -> None:
         super().__init__(backend)
         self.max_tokens = max_tokens
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.backends.base import ChatRequest
+from engine.backends.base import ChatBackend, ChatRequest
 from engine.media import MediaError
 from engine.prompts import CONSISTENCY_JUDGE, fence
 from engine.stages.base import Row
@@ -18,7 +18,7 @@ class ConsistencyJudgeStage(BatchedModelStage):
     requires = ("description", "video_desc", "facial_exp_desc", "body_lang_desc")
     produces = ("consistency_score", "consistency_method", "provenance")
 
-    def __init__(self, backend, min_score: int = 5) -> None:  # noqa: ANN001 - a ChatBackend
+    def __init__(self, backend: ChatBackend, min_score: int = 5) -> None:
         super().__init__(backend)
         self.min_score = min_score
 
