@@ -136,12 +136,21 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.server.fake
         prompt = prompt_text(body.get("messages", []))
         call = fake.arrive(prompt, self.headers.get("Authorization"), body)
+        self._released = False
         try:
             self._answer(body, prompt, call)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (its timeout): nothing to answer
         finally:
-            fake.leave()
+            self._release()
+
+    def _release(self) -> None:
+        """Ends this request's in-flight count once. Called before the response is written: a client that has
+        read the whole answer may send its next request before this thread gets to run again, and counting
+        after the write would then see one request too many in flight."""
+        if not self._released:
+            self._released = True
+            self.server.fake.leave()
 
     def _answer(self, body: dict[str, Any], prompt: str, call: int) -> None:
         scripted = self.server.fake.responder(body, prompt) if self.server.fake.responder else None
@@ -178,6 +187,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, payload: bytes, extra: dict[str, str] | None = None,
               length: int | None = None) -> None:
+        self._release()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload) if length is None else length))
