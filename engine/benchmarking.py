@@ -81,7 +81,7 @@ def distributed(source: pa.Table, config: EngineConfig, with_asr: bool) -> Throu
 
 
 def benchmark_engine(config: EngineConfig, repeats: int = 1) -> dict:
-    source = list_source(config.input, config.dataset, config.lang)
+    source = list_source(config.input, config.dataset, config.lang, config.source_video_pattern)
     if config.limit:
         source = source.slice(0, config.limit)
     started = time.perf_counter()

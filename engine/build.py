@@ -5,7 +5,6 @@ Called by jobs/build_saber.py inside a Ray driver (local Ray or `ray job submit`
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from dataclasses import dataclass, field
@@ -13,13 +12,11 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from engine import storage
+from engine import holdout, storage
 from engine.config import EngineConfig, dump_config
-from engine.pipeline import build_plan, funnel_stages, minimum_resources
+from engine.pipeline import build_plan, funnel_stages, minimum_resources, relation_plan
 from engine.report import build_report, write_report
-from engine.sed import SED_SCHEMA, sed_record
 from engine.sources import list_source
 from engine.writer import ClipTableWriter, read_clip_table
 
@@ -64,7 +61,7 @@ def save_config(config: EngineConfig) -> None:
 
 def pending_sources(config: EngineConfig, writer: ClipTableWriter) -> tuple[pa.Table, int, int]:
     """(sources still to process, number of inputs, number already finished by earlier runs)."""
-    source = list_source(config.input, config.dataset, config.lang)
+    source = list_source(config.input, config.dataset, config.lang, config.source_video_pattern)
     if config.limit:
         source = source.slice(0, config.limit)
     finished = writer.finished_ids()
@@ -112,19 +109,26 @@ def run_build(config: EngineConfig) -> dict[str, Any]:
     }
     table = read_clip_table(config.output)
     report = build_report(table, funnel_stages(config), run)
-    report["sed_records"] = write_sed_records(config.output, table)
+    report["splits"] = write_training_splits(config, table, writer.run_id)
     write_report(config.output, report)
     return report
 
 
-def write_sed_records(output: str, table: pa.Table) -> int:
-    """sed/: one SFT record per kept clip with an annotation; rewritten whole from clips/ on every run."""
-    annotated = pc.and_(pc.equal(table.column("status"), "kept"), pc.is_valid(table.column("video_desc")))
-    records = [sed_record(row) for row in table.filter(annotated).to_pylist()]
-    fs = storage.filesystem(output)
-    base = f"{storage.strip_protocol(output)}/sed"
-    fs.makedirs(base, exist_ok=True)
-    buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(records, schema=SED_SCHEMA), buffer)
-    fs.pipe_file(f"{base}/part-00000.parquet", buffer.getvalue())
-    return len(records)
+def write_training_splits(config: EngineConfig, table: pa.Table, run_id: str) -> dict[str, Any]:
+    """The global step after the stream: relation verdicts for clips without one, the SABER-Test split,
+    sed/ without the test recordings, and the exports."""
+    candidates = holdout.sed_candidates(table)
+    verdicts = None
+    if config.saber_test.enabled:
+        verdicts = holdout.latest_verdicts(holdout.read_relations(config.output))
+        pending = holdout.pending_for_judge(candidates, verdicts)
+        log.info("[build_saber] relation judge: %d clips to judge, %d judged by earlier runs",
+                 pending.num_rows, candidates.num_rows - pending.num_rows)
+        if pending.num_rows:
+            judged = relation_plan(pending, config).to_arrow()
+            holdout.save_relations(config.output, run_id, judged)
+            verdicts = holdout.latest_verdicts(holdout.read_relations(config.output))
+    splits = holdout.make_splits(candidates, verdicts, config.saber_test.per_subset)
+    holdout.write_splits(config.output, splits, with_test=config.saber_test.enabled)
+    log.info("[build_saber] splits: %s", splits.stats)
+    return splits.stats

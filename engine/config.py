@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from engine.backends.http import HttpBackendConfig
 from engine.backends.local import LocalBackendConfig
@@ -115,6 +116,22 @@ class ConsistencyConfig(ConfigSection):
     pool: PoolConfig = PoolConfig()
 
 
+class SaberTestConfig(ConfigSection):
+    """The held-out SABER-Test split, chosen after the stream over all kept clips (paper Sec. III-b): a judge
+    labels each clip's audio-visual relation and its intensity; the top `per_subset` of each relation form
+    the test set and their recordings leave sed/."""
+
+    enabled: bool = False
+    per_subset: int = Field(900, ge=1)
+    judge: ModelStageConfig = ModelStageConfig(max_tokens=128)
+
+    @model_validator(mode="after")
+    def _judge_when_enabled(self) -> SaberTestConfig:
+        if self.enabled and not self.judge.enabled:
+            raise ValueError("enabled but judge.enabled is false (the split needs the relation judge)")
+        return self
+
+
 class ResourcesConfig(ConfigSection):
     """Actor-pool sizes and per-actor resources; they must match the cluster's node types."""
 
@@ -142,6 +159,9 @@ class EngineConfig(ConfigSection):
     output: str = ""
     dataset: str = "unknown"
     lang: str | None = None
+    # Regex over a clip's URI naming its recording, e.g. 'dia(?P<video>\\d+)_utt' for MELD; manifests may
+    # give a `source_video` column instead. Unset: every clip is its own recording.
+    source_video_pattern: str | None = None
     limit: int | None = Field(None, ge=1)
     # Clips per source block: the unit of work Ray Data schedules and hands back to the driver. Smaller
     # blocks give finer resume and earlier output, larger ones less per-task overhead.
@@ -157,7 +177,18 @@ class EngineConfig(ConfigSection):
     annotate: ModelStageConfig = ModelStageConfig(max_tokens=1024)
     describe: ModelStageConfig = ModelStageConfig(max_tokens=256)
     consistency: ConsistencyConfig = ConsistencyConfig()
+    saber_test: SaberTestConfig = SaberTestConfig()
     resources: ResourcesConfig = ResourcesConfig()
+
+    @field_validator("source_video_pattern")
+    @classmethod
+    def _pattern_compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as err:
+                raise ValueError(f"not a regular expression: {err}") from None
+        return value
 
     @model_validator(mode="after")
     def _io_given(self) -> EngineConfig:

@@ -77,6 +77,13 @@ def consistency_stage(config: EngineConfig) -> Callable[[list[Row]], list[Row]]:
     return EmbeddingConsistencyStage(cfg)
 
 
+def relation_stage(config: EngineConfig) -> Callable[[list[Row]], list[Row]]:
+    from engine.stages.relation import RelationJudgeStage
+
+    judge = config.saber_test.judge
+    return RelationJudgeStage(stage_backend(config, judge.backend, "relation"), max_tokens=judge.max_tokens)
+
+
 def model_pools(config: EngineConfig) -> list[tuple[StageFactory, PoolConfig]]:
     """Actor pools after the media tasks, in plan order (annotate must precede the ASR-WER check)."""
     res = config.resources
@@ -147,6 +154,24 @@ def minimum_resources(config: EngineConfig) -> dict[str, float]:
     pools = [pool for _, pool in model_pools(config)]
     return {"CPU": config.resources.media_num_cpus + sum(p.concurrency[0] * p.num_cpus for p in pools),
             "GPU": sum(p.concurrency[0] * p.num_gpus for p in pools)}
+
+
+def relation_plan(table: pa.Table, config: EngineConfig) -> ray.data.Dataset:
+    """Judge rows (engine.holdout.JUDGE_COLUMNS) -> one relation verdict row each, in an actor pool."""
+    from engine.holdout import RelationBatch
+
+    pool, size = config.saber_test.judge.pool, config.block_rows
+    ds = ray.data.from_arrow([table.slice(i, size) for i in range(0, table.num_rows, size)] or [table])
+    return ds.map_batches(
+        RelationBatch,
+        fn_constructor_kwargs={"factory": partial(relation_stage, config)},
+        batch_format="pyarrow",
+        batch_size=pool.batch_size,
+        num_cpus=pool.num_cpus,
+        num_gpus=pool.num_gpus,
+        compute=ray.data.ActorPoolStrategy(min_size=pool.concurrency[0], max_size=pool.concurrency[1]),
+        udf_modifying_row_count=False,
+    )
 
 
 def build_plan(source: pa.Table, config: EngineConfig) -> ray.data.Dataset:

@@ -42,23 +42,43 @@ def build_report(table: pa.Table, stages: list[str], run: dict[str, Any]) -> dic
 
 
 def plot_report(report: dict[str, Any]) -> bytes:
-    """Two panels: clips remaining after each stage, and rejections by stage/reason."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    """Clips remaining after each stage, rejections by stage/reason, and (after the stream) the splits."""
+    splits = report.get("splits")
+    fig, axes = plt.subplots(1, 3 if splits else 2, figsize=(17 if splits else 12, 4.5))
+    left, right = axes[0], axes[1]
     stages = [row["stage"] for row in report["funnel"]]
     remaining = [row["remaining"] for row in report["funnel"]]
     bars = left.bar(stages, remaining, color="#4C72B0")
     left.bar_label(bars)
     left.set_title(f"Funnel: {report['input']} in, {report['kept']} kept")
     left.set_ylabel("clips remaining")
+    left.tick_params(axis="x", labelrotation=30)
     reasons = list(report["rejected_by_reason"].items())[::-1]
     right.barh([r for r, _ in reasons] or ["(none)"], [n for _, n in reasons] or [0], color="#C44E52")
     right.set_title(f"Rejected: {report['rejected']} by stage/reason")
     right.set_xlabel("clips")
+    if splits:
+        _plot_splits(axes[2], splits)
     fig.tight_layout()
     out = io.BytesIO()
     fig.savefig(out, format="png", dpi=110)
     plt.close(fig)
     return out.getvalue()
+
+
+def _plot_splits(ax: plt.Axes, splits: dict[str, Any]) -> None:
+    """Where the kept, annotated clips went: training records, SABER-Test subsets, held out with a test clip."""
+    test = splits.get("saber_test", {})
+    relations = splits.get("relations", {})
+    items = [("SED records", splits["sed_records"]), ("sed/ (train)", splits["sed_train"]),
+             ("test: consistent", test.get("consistent", 0)), ("test: inconsistent", test.get("inconsistent", 0)),
+             ("held out (same video)", splits.get("held_out_same_video", 0)),
+             ("relation judge failed", sum(relations.get("failed", {}).values()))]
+    colors = ["#4C72B0", "#55A868", "#8172B2", "#CCB974", "#64B5CD", "#C44E52"]
+    bars = ax.barh([n for n, _ in items][::-1], [v for _, v in items][::-1], color=colors[::-1])
+    ax.bar_label(bars)
+    ax.set_title("After the stream: splits")
+    ax.set_xlabel("clips")
 
 
 def write_report(output: str, report: dict[str, Any]) -> None:

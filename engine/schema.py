@@ -28,6 +28,9 @@ CLIP_FIELDS: list[pa.Field] = [
     pa.field("dataset", pa.string()),
     pa.field("lang", pa.string()),
     pa.field("label", pa.string()),
+    # The recording a clip was cut from (several utterances of one dialogue share it): the unit that
+    # SABER-Test holds out, so no recording has clips on both sides of the split.
+    pa.field("source_video", pa.string()),
     pa.field("status", pa.string(), nullable=False),
     pa.field("reject_stage", pa.string()),
     pa.field("reject_reason", pa.string()),

@@ -40,7 +40,7 @@ USER_PROMPT = {
 }
 
 SED_SCHEMA = pa.schema([(name, pa.string()) for name in (
-    "clip_id", "source_uri", "dataset", "lang", "system", "prompt", "target", "format_version")])
+    "clip_id", "source_uri", "source_video", "dataset", "lang", "system", "prompt", "target", "format_version")])
 
 _HEADING = re.compile(r"^##\s*(Visual evidence|Acoustic evidence|Reasoning)\s*$", re.MULTILINE)
 
@@ -99,6 +99,7 @@ def sed_record(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "clip_id": row["clip_id"],
         "source_uri": row["source_uri"],
+        "source_video": row.get("source_video") or row["source_uri"],
         "dataset": row.get("dataset"),
         "lang": row.get("lang"),
         "system": SYSTEM_PROMPT,

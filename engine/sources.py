@@ -10,6 +10,7 @@ import io
 import json
 import logging
 import posixpath
+import re
 from typing import Any
 
 import pyarrow as pa
@@ -31,6 +32,7 @@ SOURCE_SCHEMA = pa.schema(
         pa.field("dataset", pa.string()),
         pa.field("lang", pa.string()),
         pa.field("label", pa.string()),
+        pa.field("source_video", pa.string()),
         pa.field("annotation_raw", pa.string()),
         pa.field("annotation_uri", pa.string()),
     ]
@@ -41,14 +43,43 @@ class SourceError(ValueError):
     """The input cannot be listed at all (missing, empty manifest, no uri column)."""
 
 
-def list_source(uri: str, dataset: str = "unknown", lang: str | None = None) -> pa.Table:
-    """One row per input clip, deduplicated by clip id, in a stable order."""
+def list_source(uri: str, dataset: str = "unknown", lang: str | None = None,
+                source_video_pattern: str | None = None) -> pa.Table:
+    """One row per input clip, deduplicated by clip id, in a stable order.
+
+    `source_video` comes from the manifest's column of that name, else from `source_video_pattern` (a regex
+    searched in the clip's URI: its group "video", else its first group, else the whole match), else it is
+    the clip's own URI (every clip its own recording).
+    """
     uri = storage.absolute(uri)
     if uri.lower().endswith(MANIFEST_EXTENSIONS):
         rows = _manifest_rows(uri, dataset, lang)
     else:
         rows = _folder_rows(uri, dataset, lang)
-    return pa.Table.from_pylist(_dedupe(rows), schema=SOURCE_SCHEMA)
+    rows = _dedupe(rows)
+    _fill_source_video(rows, source_video_pattern)
+    return pa.Table.from_pylist(rows, schema=SOURCE_SCHEMA)
+
+
+def _fill_source_video(rows: list[dict[str, Any]], pattern: str | None) -> None:
+    regex = re.compile(pattern) if pattern else None
+    unmatched = 0
+    for row in rows:
+        if row.get("source_video"):
+            continue
+        match = regex.search(row["source_uri"]) if regex else None
+        if regex and not match:
+            unmatched += 1
+        row["source_video"] = _video_key(match) if match else row["source_uri"]
+    if unmatched:
+        log.warning("source_video_pattern %r did not match %d of %d clip URIs: those clips count as their "
+                    "own recording", pattern, unmatched, len(rows))
+
+
+def _video_key(match: re.Match[str]) -> str:
+    if "video" in match.re.groupindex:
+        return match.group("video")
+    return match.group(1) if match.re.groups else match.group(0)
 
 
 def _dedupe(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -80,6 +111,7 @@ def _folder_rows(uri: str, dataset: str, lang: str | None) -> list[dict[str, Any
                 dataset=dataset,
                 lang=lang,
                 label=None,
+                source_video=None,
                 annotation_raw=None,
                 annotation_uri=storage.as_uri(uri, sidecar) if sidecar in present else None,
             )
@@ -134,6 +166,7 @@ def _manifest_row(rec: dict[str, Any], base: str, dataset: str, lang: str | None
         dataset=_text(rec.get("dataset")) or dataset,
         lang=_text(rec.get("lang")) or lang,
         label=_text(rec.get("label")),
+        source_video=_text(rec.get("source_video")),
         annotation_raw=annotation or None,
         annotation_uri=None,
     )

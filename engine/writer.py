@@ -92,18 +92,8 @@ class ClipTableWriter:
         self._pending, self._pending_rows = [], 0
 
     def _write_part(self, table: pa.Table) -> None:
-        name = f"{PART_PREFIX}{self.run_id}-{self._parts:05d}.parquet"
+        write_parquet_whole(self.dir, f"{PART_PREFIX}{self.run_id}-{self._parts:05d}.parquet", table)
         self._parts += 1
-        final = f"{self.path}/{name}"
-        buffer = io.BytesIO()
-        pq.write_table(table, buffer)
-        if storage.is_remote(self.dir):
-            self.fs.pipe_file(final, buffer.getvalue())  # a single PUT: the object exists whole or not
-            return
-        temp = f"{final}.tmp"
-        with open(temp, "wb") as handle:
-            handle.write(buffer.getvalue())
-        self.fs.mv(temp, final)  # rename within one directory is atomic on POSIX
 
     def close(self) -> None:
         self.flush()
@@ -118,16 +108,37 @@ def _list(fs: fsspec.AbstractFileSystem, path: str, prefix: str, suffix: str) ->
     return sorted(p for p in names if p.rsplit("/", 1)[-1].startswith(prefix) and p.endswith(suffix))
 
 
-def read_clip_table(output: str, columns: Iterable[str] | None = None) -> pa.Table:
-    """All clips/ parts of an output as one table (empty, with the schema, when there are none)."""
-    clips_dir = storage.join(output, "clips")
-    fs = storage.filesystem(clips_dir)
+def write_parquet_whole(directory: str, name: str, table: pa.Table) -> None:
+    """Writes `directory/name` so that it appears whole or not at all (a reader never sees half a file)."""
+    fs = storage.filesystem(directory)
+    path = storage.strip_protocol(directory)
+    fs.makedirs(path, exist_ok=True)
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    final = f"{path}/{name}"
+    if storage.is_remote(directory):
+        fs.pipe_file(final, buffer.getvalue())  # a single PUT: the object exists whole or not
+        return
+    temp = f"{final}.tmp"
+    with open(temp, "wb") as handle:
+        handle.write(buffer.getvalue())
+    fs.mv(temp, final)  # rename within one directory is atomic on POSIX
+
+
+def read_parts(directory: str, schema: pa.Schema, columns: Iterable[str] | None = None) -> pa.Table:
+    """All part-*.parquet files of a folder as one table (empty, with the schema, when there are none)."""
+    fs = storage.filesystem(directory)
     cols = list(columns) if columns else None
     tables = []
-    for part in _list(fs, storage.strip_protocol(clips_dir), PART_PREFIX, ".parquet"):
+    for part in _list(fs, storage.strip_protocol(directory), PART_PREFIX, ".parquet"):
         with fs.open(part, "rb") as handle:
             tables.append(pq.read_table(io.BytesIO(handle.read()), columns=cols))
     if not tables:
-        empty = CLIP_SCHEMA.empty_table()
+        empty = schema.empty_table()
         return empty if cols is None else empty.select(cols)
     return pa.concat_tables(tables)
+
+
+def read_clip_table(output: str, columns: Iterable[str] | None = None) -> pa.Table:
+    """All clips/ parts of an output as one table (empty, with the schema, when there are none)."""
+    return read_parts(storage.join(output, "clips"), CLIP_SCHEMA, columns)

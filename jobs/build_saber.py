@@ -47,10 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     dashboard = getattr(context, "dashboard_url", None)
     print(f"Ray dashboard: http://{dashboard}" if dashboard else "Ray dashboard: not running", flush=True)
     report = run_build(config)
-    summary = {k: report[k] for k in ("input", "kept", "rejected", "rejected_by_reason")}
+    summary = {k: report[k] for k in ("input", "kept", "rejected", "rejected_by_reason", "splits")}
     print(json.dumps(summary, indent=2))
     print(f"Outputs: {config.output if '://' in config.output else Path(config.output).resolve()}"
-          " (clips/, sed/, report.json, report.png, config.yaml)")
+          " (clips/, sed/, saber_test/ when enabled, exports/, report.json, report.png, config.yaml)")
     return 0
 
 

@@ -69,3 +69,18 @@ def test_bad_inputs_give_clear_errors(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"uri": "a.mp4"}\n{oops\n')
     with pytest.raises(SourceError, match="line 2 is not JSON"):
         list_source(str(tmp_path / "bad.jsonl"))
+
+
+def test_source_video_from_manifest_column_pattern_or_the_clip_itself(tmp_path):
+    (tmp_path / "m.jsonl").write_text(
+        '{"uri": "/meld/dia12_utt0.mp4"}\n{"uri": "/meld/dia12_utt3.mp4"}\n{"uri": "/meld/dia7_utt1.mp4"}\n'
+        '{"uri": "/meld/other.mp4"}\n{"uri": "/meld/dia9_utt2.mp4", "source_video": "given"}\n')
+    rows = list_source(str(tmp_path / "m.jsonl"), source_video_pattern=r"dia(?P<video>\d+)_utt").to_pylist()
+    by_name = {r["source_uri"].rsplit("/", 1)[1]: r["source_video"] for r in rows}
+    assert by_name == {"dia12_utt0.mp4": "12", "dia12_utt3.mp4": "12", "dia7_utt1.mp4": "7",
+                       "other.mp4": "/meld/other.mp4", "dia9_utt2.mp4": "given"}
+    unnamed = list_source(str(tmp_path / "m.jsonl"), source_video_pattern=r"(dia\d+)_").to_pylist()
+    assert unnamed[0]["source_video"] == "dia12"
+    plain = list_source(str(tmp_path / "m.jsonl")).to_pylist()
+    assert [r["source_video"] for r in plain] == [r["source_uri"] if "dia9" not in r["source_uri"] else "given"
+                                                 for r in plain]

@@ -1,0 +1,173 @@
+"""After the stream: relation verdicts, the SABER-Test split, and the training records and exports.
+
+The relation judge's verdicts persist in `relations/` (one part per run, written whole), so a rerun judges
+only clips without a verdict yet; `saber_test/`, `sed/` and `exports/` are then rewritten whole from
+`clips/` and `relations/`, so every run leaves them consistent with each other.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from engine import storage
+from engine.exports import llama_factory_dataset_info, to_llama_factory, to_ms_swift
+from engine.saber_test import SaberTestCandidate, select_test, split_train
+from engine.schema import ANNOTATION_FIELDS
+from engine.sed import SED_SCHEMA, sed_record
+from engine.stages.base import Row
+from engine.writer import read_parts, write_parquet_whole
+
+log = logging.getLogger(__name__)
+
+JUDGE_COLUMNS = ("clip_id", "source_video", *ANNOTATION_FIELDS)
+
+RELATION_SCHEMA = pa.schema([
+    pa.field("clip_id", pa.string(), nullable=False),
+    pa.field("source_video", pa.string()),
+    pa.field("verdict", pa.string(), nullable=False),  # ok | failed
+    pa.field("av_relation", pa.string()),
+    pa.field("av_intensity", pa.int32()),
+    pa.field("av_reason", pa.string()),
+    pa.field("fail_reason", pa.string()),
+    pa.field("fail_detail", pa.string()),
+    pa.field("judge", pa.string()),
+    pa.field("run_id", pa.string()),
+    pa.field("judged_at", pa.timestamp("ms", tz="UTC")),
+])
+
+# The test split carries the reference annotation: the six-dimension evaluation judges answers against it.
+TEST_SCHEMA = pa.schema([*SED_SCHEMA, pa.field("av_relation", pa.string()), pa.field("av_intensity", pa.int32()),
+                         pa.field("av_reason", pa.string()), *[pa.field(k, pa.string()) for k in ANNOTATION_FIELDS]])
+
+
+class RelationBatch:
+    """Actor-pool callable: judge rows (JUDGE_COLUMNS) -> RELATION_SCHEMA rows, one per input row."""
+
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        self.stage = factory()
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        rows = [dict(r, status="kept", reject_stage=None, reject_reason=None, reject_detail=None, provenance=None,
+                     av_relation=None, av_intensity=None, av_reason=None) for r in table.to_pylist()]
+        judge = f"{self.stage.backend.model_id} {self.stage.prompt.version}"
+        return pa.Table.from_pylist([_verdict(row, judge) for row in self.stage(rows)], schema=RELATION_SCHEMA)
+
+
+def _verdict(row: Row, judge: str) -> dict[str, Any]:
+    ok = row["status"] == "kept"
+    return {"clip_id": row["clip_id"], "source_video": row["source_video"], "verdict": "ok" if ok else "failed",
+            "av_relation": row["av_relation"] if ok else None, "av_intensity": row["av_intensity"] if ok else None,
+            "av_reason": row["av_reason"] if ok else None, "fail_reason": None if ok else row["reject_reason"],
+            "fail_detail": None if ok else row["reject_detail"], "judge": judge, "run_id": None, "judged_at": None}
+
+
+def sed_candidates(clips: pa.Table) -> pa.Table:
+    """Kept clips with an annotation: the rows that become SED records (and SABER-Test candidates)."""
+    return clips.filter(pc.and_(pc.equal(clips.column("status"), "kept"), pc.is_valid(clips.column("video_desc"))))
+
+
+def read_relations(output: str) -> pa.Table:
+    return read_parts(storage.join(output, "relations"), RELATION_SCHEMA)
+
+
+def latest_verdicts(relations: pa.Table) -> dict[str, dict[str, Any]]:
+    """One verdict per clip: the successful one if any (a clip is never judged again after it), else the
+    latest failure."""
+    best: dict[str, dict[str, Any]] = {}
+    for row in sorted(relations.to_pylist(), key=lambda r: (r["verdict"] == "ok", r["judged_at"] or 0)):
+        best[row["clip_id"]] = row
+    return best
+
+
+def pending_for_judge(candidates: pa.Table, verdicts: dict[str, dict[str, Any]]) -> pa.Table:
+    done = pa.array(sorted(cid for cid, v in verdicts.items() if v["verdict"] == "ok"), pa.string())
+    return candidates.filter(pc.invert(pc.is_in(candidates.column("clip_id"), value_set=done))).select(
+        list(JUDGE_COLUMNS))
+
+
+def save_relations(output: str, run_id: str, table: pa.Table) -> None:
+    if not table.num_rows:
+        return
+    now = pa.array([datetime.now(timezone.utc)] * table.num_rows, pa.timestamp("ms", tz="UTC"))
+    table = table.set_column(table.schema.get_field_index("run_id"), "run_id", pa.array([run_id] * table.num_rows))
+    table = table.set_column(table.schema.get_field_index("judged_at"), "judged_at", now)
+    write_parquet_whole(storage.join(output, "relations"), f"part-{run_id}-00000.parquet", table)
+
+
+@dataclass
+class Splits:
+    train: list[dict[str, Any]]
+    test: list[dict[str, Any]] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def make_splits(candidates: pa.Table, verdicts: dict[str, dict[str, Any]] | None, per_subset: int) -> Splits:
+    """SED records for every candidate; with verdicts, the SABER-Test selection and the leakage-free rest."""
+    rows = candidates.to_pylist()
+    records = [sed_record(row) for row in rows]
+    if verdicts is None:
+        return Splits(train=records, stats={"sed_records": len(records), "sed_train": len(records)})
+    judged = [verdicts[r["clip_id"]] for r in rows if r["clip_id"] in verdicts]
+    chosen = select_test([SaberTestCandidate(v["clip_id"], v["source_video"], v["av_relation"], v["av_intensity"],
+                                             v["av_reason"] or "") for v in judged if v["verdict"] == "ok"],
+                         per_subset)
+    video_of = {r["clip_id"]: r["source_video"] or r["source_uri"] for r in rows}
+    train = split_train(records, chosen, video_of)
+    by_id = {r["clip_id"]: r for r in rows}
+    test = [_test_record(by_id[c.clip_id], c) for c in chosen]
+    selected = Counter(c.relation for c in chosen)
+    stats = {
+        "sed_records": len(records), "sed_train": len(train),
+        "saber_test": {"consistent": selected["consistent"], "inconsistent": selected["inconsistent"],
+                       "requested_per_subset": per_subset},
+        # Clips neither in the test split nor in training: they share a recording with a test clip.
+        "held_out_same_video": len(records) - len(train) - len(test),
+        "relations": _relation_stats(judged),
+    }
+    return Splits(train=train, test=test, stats=stats)
+
+
+def _test_record(row: dict[str, Any], chosen: SaberTestCandidate) -> dict[str, Any]:
+    return {**sed_record(row), "av_relation": chosen.relation, "av_intensity": chosen.intensity,
+            "av_reason": chosen.reason, **{k: row[k] for k in ANNOTATION_FIELDS}}
+
+
+def _relation_stats(judged: list[dict[str, Any]]) -> dict[str, Any]:
+    ok = [v for v in judged if v["verdict"] == "ok"]
+    return {"judged": len(judged), "consistent": sum(v["av_relation"] == "consistent" for v in ok),
+            "inconsistent": sum(v["av_relation"] == "inconsistent" for v in ok),
+            "failed": dict(Counter(v["fail_reason"] for v in judged if v["verdict"] != "ok").most_common())}
+
+
+def write_splits(output: str, splits: Splits, with_test: bool) -> None:
+    """sed/, saber_test/ and exports/ rewritten whole (single files, so no stale part survives a rerun)."""
+    write_parquet_whole(storage.join(output, "sed"), "part-00000.parquet",
+                        pa.Table.from_pylist(splits.train, schema=SED_SCHEMA))
+    if with_test:
+        write_parquet_whole(storage.join(output, "saber_test"), "part-00000.parquet",
+                            pa.Table.from_pylist(splits.test, schema=TEST_SCHEMA))
+    write_exports(output, splits.train, splits.test if with_test else None)
+
+
+def write_exports(output: str, train: list[dict[str, Any]], test: list[dict[str, Any]] | None) -> None:
+    """The same records as ms-swift and LLaMA-Factory multimodal JSONL (plus LLaMA-Factory's dataset_info)."""
+    fs = storage.filesystem(output)
+    base = f"{storage.strip_protocol(output)}/exports"
+    splits = {"train": train, **({"test": test} if test is not None else {})}
+    info: dict[str, Any] = {}
+    for split, records in splits.items():
+        for folder, convert in (("ms_swift", to_ms_swift), ("llama_factory", to_llama_factory)):
+            fs.makedirs(f"{base}/{folder}", exist_ok=True)
+            text = "".join(json.dumps(convert(r), ensure_ascii=False) + "\n" for r in records)
+            fs.pipe_file(f"{base}/{folder}/saber_{split}.jsonl", text.encode("utf-8"))
+        info |= llama_factory_dataset_info(f"saber_{split}", f"saber_{split}.jsonl")
+    fs.pipe_file(f"{base}/llama_factory/dataset_info.json", json.dumps(info, indent=2).encode("utf-8"))

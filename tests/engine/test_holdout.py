@@ -1,0 +1,148 @@
+"""The step after the stream: relation verdicts (persisted, resumable), SABER-Test, sed/ and the exports."""
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from engine import holdout
+from engine.backends.base import ChatResult
+from engine.prompts import FENCE_OPEN
+from engine.schema import CLIP_SCHEMA, new_row
+from engine.sed import parse_sed_response
+
+FIELDS = {"video_desc": "A room.", "speech_content": "Fine.", "acoustic_feat": "Flat.", "facial_exp_desc": "Smile.",
+          "body_lang_desc": "Still.", "sentiment_analysis": "Calm."}
+
+
+def _clips(spec):
+    """spec: (name, source_video, status, annotated) -> a clips/ table."""
+    rows = []
+    for name, video, status, annotated in spec:
+        row = new_row(f"/d/{name}.mp4", source_video=video, status=status, **(FIELDS if annotated else {}))
+        rows.append({k: row[k] for k in CLIP_SCHEMA.names})
+    return pa.Table.from_pylist(rows, schema=CLIP_SCHEMA)
+
+
+def _verdicts(table, judged):
+    """judged: name -> (relation, intensity) or a failure reason string."""
+    out = {}
+    for row in table.to_pylist():
+        name = row["source_uri"].rsplit("/", 1)[1][:-4]
+        if name not in judged:
+            continue
+        verdict = judged[name]
+        ok = isinstance(verdict, tuple)
+        out[row["clip_id"]] = {"clip_id": row["clip_id"], "source_video": row["source_video"],
+                               "verdict": "ok" if ok else "failed", "av_relation": verdict[0] if ok else None,
+                               "av_intensity": verdict[1] if ok else None, "av_reason": "r" if ok else None,
+                               "fail_reason": None if ok else verdict}
+    return out
+
+
+# 3 recordings with 2+ clips (v1, v2, v3) and single-clip ones; one rejected and one unannotated clip.
+SPEC = [("a", "v1", "kept", True), ("b", "v1", "kept", True), ("c", "v2", "kept", True), ("d", "v2", "kept", True),
+        ("e", "v3", "kept", True), ("f", "v4", "kept", True), ("g", "v5", "kept", True), ("h", "v6", "kept", True),
+        ("x", "v7", "rejected", True), ("y", "v8", "kept", False)]
+JUDGED = {"a": ("inconsistent", 9), "b": ("inconsistent", 8), "c": ("consistent", 10), "d": ("inconsistent", 7),
+          "e": ("consistent", 4), "f": ("inconsistent", 3), "g": ("consistent", 6), "h": "judge_unparseable"}
+
+
+def test_splits_sizes_ordering_and_no_recording_on_both_sides():
+    clips = _clips(SPEC)
+    candidates = holdout.sed_candidates(clips)
+    assert candidates.num_rows == 8  # x rejected, y unannotated
+    splits = holdout.make_splits(candidates, _verdicts(clips, JUDGED), per_subset=2)
+    name = {r["clip_id"]: r["source_uri"].rsplit("/", 1)[1][:-4] for r in clips.to_pylist()}
+    test = [(name[r["clip_id"]], r["av_relation"], r["av_intensity"]) for r in splits.test]
+    # Consistent by intensity: c 10, g 6 (e 4 is third). Inconsistent: a 9, then b 8 shares v1 with a, so d 7.
+    assert test == [("c", "consistent", 10), ("g", "consistent", 6), ("a", "inconsistent", 9),
+                    ("d", "inconsistent", 7)]
+    train = sorted(name[r["clip_id"]] for r in splits.train)
+    # v1 (a, b), v2 (c, d) and v5 (g) are test recordings: b leaves training although it is not a test clip.
+    assert train == ["e", "f", "h"]
+    test_videos = {r["source_video"] for r in splits.test}
+    assert not test_videos & {r["source_video"] for r in splits.train}
+    assert splits.stats == {
+        "sed_records": 8, "sed_train": 3, "held_out_same_video": 1,
+        "saber_test": {"consistent": 2, "inconsistent": 2, "requested_per_subset": 2},
+        "relations": {"judged": 8, "consistent": 3, "inconsistent": 4, "failed": {"judge_unparseable": 1}}}
+    # The test split carries the reference annotation for evaluation, and the SED target parses.
+    assert splits.test[0]["facial_exp_desc"] == "Smile."
+    assert parse_sed_response(splits.test[0]["target"]).visual
+
+
+def test_without_the_test_split_every_candidate_is_a_training_record():
+    clips = _clips(SPEC)
+    splits = holdout.make_splits(holdout.sed_candidates(clips), None, per_subset=2)
+    assert len(splits.train) == 8 and splits.test == [] and splits.stats == {"sed_records": 8, "sed_train": 8}
+
+
+def test_relations_persist_and_only_unjudged_clips_are_pending(tmp_path):
+    clips = _clips(SPEC)
+    candidates = holdout.sed_candidates(clips)
+    verdicts = _verdicts(clips, JUDGED)
+    first = pa.Table.from_pylist([{**v, "judge": "m p@1"} for v in verdicts.values()], schema=holdout.RELATION_SCHEMA)
+    holdout.save_relations(str(tmp_path), "run1", first)
+    # A later run judged h again and succeeded: the success wins over the earlier failure.
+    h = next(v for v in verdicts.values() if v["verdict"] == "failed")
+    again = pa.Table.from_pylist([{**h, "verdict": "ok", "av_relation": "consistent", "av_intensity": 2,
+                                   "fail_reason": None}], schema=holdout.RELATION_SCHEMA)
+    latest = holdout.latest_verdicts(holdout.read_relations(str(tmp_path)))
+    assert holdout.pending_for_judge(candidates, latest).num_rows == 1  # h only
+    holdout.save_relations(str(tmp_path), "run2", again)
+    stored = holdout.read_relations(str(tmp_path))
+    assert stored.num_rows == 9 and set(stored.column("run_id").to_pylist()) == {"run1", "run2"}
+    latest = holdout.latest_verdicts(stored)
+    assert latest[h["clip_id"]]["verdict"] == "ok" and len(latest) == 8
+    assert holdout.pending_for_judge(candidates, latest).num_rows == 0
+    assert holdout.pending_for_judge(candidates, latest).column_names == list(holdout.JUDGE_COLUMNS)
+
+
+class _Backend:
+    model_id = "judge-1"
+
+    def __init__(self, answers):
+        self.answers, self.prompts = list(answers), []
+
+    def chat(self, requests):
+        self.prompts += [r.messages[-1]["content"] for r in requests]
+        return [ChatResult(self.answers.pop(0), None) if isinstance(self.answers[0], str)
+                else ChatResult(None, self.answers.pop(0)[0]) for _ in requests]
+
+
+def test_relation_batch_turns_answers_and_failures_into_verdict_rows():
+    from engine.stages.relation import RelationJudgeStage
+
+    answers = ['{"relation": "inconsistent", "intensity": 8, "reason": "smile, angry voice"}',
+               "not json", ("rate limited",), "still not json"]  # b: unparseable, asked again, still unparseable
+    backend = _Backend(answers)
+    batch = holdout.RelationBatch(lambda: RelationJudgeStage(backend))
+    clips = _clips(SPEC[:3])
+    out = batch(holdout.sed_candidates(clips).select(list(holdout.JUDGE_COLUMNS))).to_pylist()
+    assert [r["verdict"] for r in out] == ["ok", "failed", "failed"]
+    assert (out[0]["av_relation"], out[0]["av_intensity"]) == ("inconsistent", 8)
+    assert out[1]["fail_reason"] == "judge_unparseable" and "still not json" in out[1]["fail_detail"]
+    assert out[2]["fail_reason"] == "model_error" and "rate limited" in out[2]["fail_detail"]
+    assert len(backend.prompts) == 4 and not backend.answers  # 3 first asks + 1 repair re-ask
+    assert out[0]["judge"] == "judge-1 av-relation-judge@" + out[0]["judge"].rsplit("@", 1)[1]
+    # The annotation reaches the judge fenced, with readable headings.
+    assert FENCE_OPEN in backend.prompts[0] and "Facial expression: Smile." in backend.prompts[0]
+
+
+def test_outputs_written_whole_and_exports_match_the_records(tmp_path):
+    clips = _clips(SPEC)
+    splits = holdout.make_splits(holdout.sed_candidates(clips), _verdicts(clips, JUDGED), per_subset=2)
+    holdout.write_splits(str(tmp_path), splits, with_test=True)
+    assert pq.read_table(tmp_path / "sed" / "part-00000.parquet").num_rows == 3
+    test = pq.read_table(tmp_path / "saber_test" / "part-00000.parquet")
+    assert test.num_rows == 4 and test.column("av_intensity").to_pylist() == [10, 6, 9, 7]
+    exports = tmp_path / "exports"
+    for folder in ("ms_swift", "llama_factory"):
+        for split, n in (("train", 3), ("test", 4)):
+            lines = (exports / folder / f"saber_{split}.jsonl").read_text().splitlines()
+            assert len(lines) == n
+            assert json.loads(lines[0])["messages"][2]["content"] in {r["target"] for r in splits.train + splits.test}
+    info = json.loads((exports / "llama_factory" / "dataset_info.json").read_text())
+    assert set(info) == {"saber_train", "saber_test"} and info["saber_test"]["file_name"] == "saber_test.jsonl"
+    assert not list(tmp_path.rglob("*.tmp"))
