@@ -114,6 +114,19 @@ def run_build(config: EngineConfig) -> dict[str, Any]:
     return report
 
 
+def judge_relations(config: EngineConfig, pending: pa.Table, run_id: str) -> None:
+    """Verdicts saved every `flush_rows`, so a run killed while judging keeps what it paid for."""
+    buffered: list[pa.Table] = []
+    part = 0
+    for batch in relation_plan(pending, config).iter_batches(batch_format="pyarrow", batch_size=None):
+        buffered.append(batch)
+        if sum(t.num_rows for t in buffered) >= config.flush_rows:
+            holdout.save_relations(config.output, run_id, pa.concat_tables(buffered), part)
+            buffered, part = [], part + 1
+    if buffered:
+        holdout.save_relations(config.output, run_id, pa.concat_tables(buffered), part)
+
+
 def write_training_splits(config: EngineConfig, table: pa.Table, run_id: str) -> dict[str, Any]:
     """The global step after the stream: relation verdicts for clips without one, the SABER-Test split,
     sed/ without the test recordings, and the exports."""
@@ -125,8 +138,7 @@ def write_training_splits(config: EngineConfig, table: pa.Table, run_id: str) ->
         log.info("[build_saber] relation judge: %d clips to judge, %d judged by earlier runs",
                  pending.num_rows, candidates.num_rows - pending.num_rows)
         if pending.num_rows:
-            judged = relation_plan(pending, config).to_arrow()
-            holdout.save_relations(config.output, run_id, judged)
+            judge_relations(config, pending, run_id)
             verdicts = holdout.latest_verdicts(holdout.read_relations(config.output))
     splits = holdout.make_splits(candidates, verdicts, config.saber_test.per_subset)
     holdout.write_splits(config.output, splits, with_test=config.saber_test.enabled)

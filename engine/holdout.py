@@ -94,13 +94,13 @@ def pending_for_judge(candidates: pa.Table, verdicts: dict[str, dict[str, Any]])
         list(JUDGE_COLUMNS))
 
 
-def save_relations(output: str, run_id: str, table: pa.Table) -> None:
+def save_relations(output: str, run_id: str, table: pa.Table, part: int = 0) -> None:
     if not table.num_rows:
         return
     now = pa.array([datetime.now(timezone.utc)] * table.num_rows, pa.timestamp("ms", tz="UTC"))
     table = table.set_column(table.schema.get_field_index("run_id"), "run_id", pa.array([run_id] * table.num_rows))
     table = table.set_column(table.schema.get_field_index("judged_at"), "judged_at", now)
-    write_parquet_whole(storage.join(output, "relations"), f"part-{run_id}-00000.parquet", table)
+    write_parquet_whole(storage.join(output, "relations"), f"part-{run_id}-{part:05d}.parquet", table)
 
 
 @dataclass
