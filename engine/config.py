@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from engine.backends.http import HttpBackendConfig
 from engine.backends.local import LocalBackendConfig
+from engine.backends.vllm_batch import VllmBatchConfig
 from engine.config_base import ConfigError, ConfigSection, dump_config, load_config, parse_overrides
 
 __all__ = ["ConfigError", "ConfigSection", "EngineConfig", "dump_config", "load_config", "parse_overrides"]
@@ -68,9 +69,11 @@ class AsrConfig(ConfigSection):
 class BackendConfig(ConfigSection):
     """Which model answers a stage: an OpenAI-compatible HTTP API or a local transformers model."""
 
-    kind: Literal["http", "local"] = "local"
+    kind: Literal["http", "local", "vllm"] = "local"
     http: HttpBackendConfig | None = None
     local: LocalBackendConfig | None = None
+    # ray.data.llm's vLLM processor (GPU nodes; the `vllm` package on the workers). Describe stage only.
+    vllm: VllmBatchConfig | None = None
 
     @model_validator(mode="after")
     def _section_given(self) -> BackendConfig:
@@ -189,6 +192,16 @@ class EngineConfig(ConfigSection):
             except re.error as err:
                 raise ValueError(f"not a regular expression: {err}") from None
         return value
+
+    @model_validator(mode="after")
+    def _vllm_only_describes(self) -> EngineConfig:
+        stages = {"annotate": self.annotate, "consistency.judge": self.consistency.judge,
+                  "saber_test.judge": self.saber_test.judge}
+        wrong = [name for name, stage in stages.items() if stage.backend and stage.backend.kind == "vllm"]
+        if wrong:
+            raise ValueError(f"{', '.join(wrong)}: backend kind 'vllm' (ray.data.llm batch) serves the describe "
+                             "stage only; point these at a vLLM server with kind 'http' instead")
+        return self
 
     @model_validator(mode="after")
     def _io_given(self) -> EngineConfig:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import pyarrow as pa
 import ray
@@ -84,22 +85,47 @@ def relation_stage(config: EngineConfig) -> Callable[[list[Row]], list[Row]]:
     return RelationJudgeStage(stage_backend(config, judge.backend, "relation"), max_tokens=judge.max_tokens)
 
 
-def model_pools(config: EngineConfig) -> list[tuple[StageFactory, PoolConfig]]:
-    """Actor pools after the media tasks, in plan order (annotate must precede the ASR-WER check)."""
+def model_pools(config: EngineConfig) -> list[tuple[str, StageFactory, PoolConfig]]:
+    """(stage, factory, pool) after the media tasks, in plan order (annotate must precede the ASR-WER check)."""
     res = config.resources
-    pools: list[tuple[StageFactory, PoolConfig]] = []
+    pools: list[tuple[str, StageFactory, PoolConfig]] = []
     if config.annotate.enabled:
-        pools.append((partial(annotate_stage, config), config.annotate.pool))
+        pools.append(("annotate", partial(annotate_stage, config), config.annotate.pool))
     if config.asr.enabled:
         asr_pool = PoolConfig(concurrency=res.asr_concurrency, num_cpus=res.asr_num_cpus,
                               num_gpus=res.asr_num_gpus, batch_size=res.asr_batch_size)
-        pools.append((partial(AsrWerFilterStage, config.asr), asr_pool))
+        pools.append(("asr", partial(AsrWerFilterStage, config.asr), asr_pool))
     if config.describe.enabled:
-        pools.append((partial(describe_stage, config), config.describe.pool))
+        pools.append(("describe", partial(describe_stage, config), config.describe.pool))
     if config.consistency.enabled:
         pool = config.consistency.judge.pool if config.consistency.method == "judge" else config.consistency.pool
-        pools.append((partial(consistency_stage, config), pool))
+        pools.append(("consistency", partial(consistency_stage, config), pool))
     return pools
+
+
+def uses_vllm_batch(config: EngineConfig, stage: str) -> bool:
+    return stage == "describe" and config.describe.backend is not None and config.describe.backend.kind == "vllm"
+
+
+def add_vllm_describe(ds: ray.data.Dataset, config: EngineConfig) -> ray.data.Dataset:
+    """The describe stage as ray.data.llm's vLLM processor (its own GPU actor pool), rows in and out."""
+    from ray.data.llm import build_processor
+
+    from engine.backends.vllm_batch import describe_request, describe_result, processor_config
+
+    cfg, max_tokens = config.describe.backend.vllm, config.describe.max_tokens
+    processor = build_processor(
+        processor_config(cfg),
+        preprocess=partial(describe_request, max_tokens=max_tokens, temperature=cfg.temperature),
+        postprocess=lambda row: row,  # error rows skip postprocess: both kinds are mapped back below
+    )
+    return processor(ds).map_batches(
+        _vllm_results, fn_kwargs={"model_id": cfg.model_source, "convert": describe_result},
+        batch_format="pyarrow", udf_modifying_row_count=False)
+
+
+def _vllm_results(table: pa.Table, model_id: str, convert: Callable[[Row, str], Row]) -> pa.Table:
+    return rows_to_table([convert(row, model_id) for row in table.to_pylist()], WORK_SCHEMA)
 
 
 def media_stages(config: EngineConfig) -> list[StageFactory]:
@@ -151,9 +177,18 @@ class StageChain:
 
 def minimum_resources(config: EngineConfig) -> dict[str, float]:
     """CPUs/GPUs the plan needs to run at all: every pool at its minimum size plus one media task."""
-    pools = [pool for _, pool in model_pools(config)]
-    return {"CPU": config.resources.media_num_cpus + sum(p.concurrency[0] * p.num_cpus for p in pools),
+    pools = [pool for stage, _, pool in model_pools(config) if not uses_vllm_batch(config, stage)]
+    need = {"CPU": config.resources.media_num_cpus + sum(p.concurrency[0] * p.num_cpus for p in pools),
             "GPU": sum(p.concurrency[0] * p.num_gpus for p in pools)}
+    if uses_vllm_batch(config, "describe"):
+        need["GPU"] += config.describe.backend.vllm.concurrency[0] * vllm_gpus_per_engine(config.describe.backend.vllm)
+    return need
+
+
+def vllm_gpus_per_engine(cfg: Any) -> int:
+    """One engine replica spans tensor x pipeline parallel GPUs."""
+    kwargs = cfg.engine_kwargs
+    return int(kwargs.get("tensor_parallel_size", 1)) * int(kwargs.get("pipeline_parallel_size", 1))
 
 
 def relation_plan(table: pa.Table, config: EngineConfig) -> ray.data.Dataset:
@@ -188,7 +223,10 @@ def build_plan(source: pa.Table, config: EngineConfig) -> ray.data.Dataset:
         compute=ray.data.TaskPoolStrategy(size=res.media_concurrency[1]),
         udf_modifying_row_count=False,
     )
-    for factory, pool in model_pools(config):
+    for stage, factory, pool in model_pools(config):
+        if uses_vllm_batch(config, stage):
+            ds = add_vllm_describe(ds, config)
+            continue
         ds = ds.map_batches(
             StageChain,
             fn_constructor_kwargs={"factories": [factory]},

@@ -23,9 +23,14 @@ class DescribeStage(BatchedModelStage):
         self.max_tokens = max_tokens
 
     def request(self, row: Row) -> ChatRequest:
+        return self.build_request(row, self.max_tokens)
+
+    @classmethod
+    def build_request(cls, row: Row, max_tokens: int) -> ChatRequest:
+        """Also used by the ray.data.llm vLLM path, so every backend is asked exactly the same."""
         content = [*frame_parts(row["frames_jpeg"]), {"type": "text", "text": DESCRIBE.text}]
-        return ChatRequest([{"role": "user", "content": content}], max_tokens=self.max_tokens,
-                           media_key=media_key(row["frames_jpeg"], b""), tag=self.name)
+        return ChatRequest([{"role": "user", "content": content}], max_tokens=max_tokens,
+                           media_key=media_key(row["frames_jpeg"], b""), tag=cls.name)
 
     def accept(self, row: Row, text: str) -> None:
         if not text.strip():

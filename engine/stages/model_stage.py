@@ -76,7 +76,11 @@ class BatchedModelStage(RowStage):
                            media_key=request.media_key, tag=f"{request.tag}-repair")
 
     def _record(self, row: Row) -> None:
+        self.record_provenance(row, self.backend.model_id)
+
+    @classmethod
+    def record_provenance(cls, row: Row, model_id: str) -> None:
         """Provenance: which model and which prompt version made this stage's columns."""
         provenance = json.loads(row.get("provenance") or "{}")
-        provenance[self.name] = f"{self.backend.model_id} {self.prompt.version}"
+        provenance[cls.name] = f"{model_id} {cls.prompt.version}"
         row["provenance"] = json.dumps(provenance, sort_keys=True)
