@@ -31,7 +31,7 @@ install: system-deps $(STAMP)
 
 demo: install
 	$(PY) jobs/make_demo_data.py --out $(DEMO_CLIPS)
-	$(PY) jobs/build_saber.py --config jobs/configs/demo.yaml --input $(DEMO_CLIPS) --output $(DEMO_OUT)
+	$(PY) jobs/build_saber.py --config jobs/configs/demo_full.yaml --input $(DEMO_CLIPS) --output $(DEMO_OUT)
 
 # SED-SFT on the demo's sed/ records: tiny Omni thinker, 2 CPU workers, DeepSpeed ZeRO-3 over gloo.
 demo-sft: demo
