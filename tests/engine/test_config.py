@@ -50,7 +50,7 @@ def test_dump_round_trips():
 
 
 def test_shipped_configs_validate():
-    for name in ("demo", "production"):
+    for name in ("demo", "demo_full", "production", "production_open"):
         load_config(EngineConfig, f"jobs/configs/{name}.yaml", ["input=i", "output=o"])
 
 
@@ -58,10 +58,27 @@ def test_production_names_the_papers_models_with_gpu_per_describe_actor():
     from engine.pipeline import funnel_stages, minimum_resources
 
     config = load_config(EngineConfig, "jobs/configs/production.yaml", ["input=s3://b/in", "output=s3://b/out"])
-    assert config.describe.backend.local.model == "Qwen/Qwen2.5-VL-7B-Instruct" and config.describe.pool.num_gpus == 1
+    vllm = config.describe.backend.vllm
+    assert config.describe.backend.kind == "vllm" and vllm.model_source == "Qwen/Qwen2.5-VL-7B-Instruct"
+    assert vllm.engine_kwargs["tensor_parallel_size"] == 1 and vllm.accelerator_type == "A100"
     assert config.annotate.backend.http.model == "gemini-2.5-pro"
     assert config.annotate.backend.http.api_key_env == "GEMINI_API_KEY"  # a variable name, never a key
     assert config.consistency.method == "judge" and config.consistency.judge.backend.http.model == "gpt-4o"
+    assert config.saber_test.enabled and config.saber_test.per_subset == 900
+    assert config.saber_test.judge.backend.http.model == "gpt-4o"
     assert funnel_stages(config)[-4:] == ["annotate", "asr", "describe", "consistency"]
-    # Minimum pools: 1 media task + annotate 1 + asr 4 + describe 4 + judge 1 CPUs; asr 0.5 + describe 1 GPUs.
-    assert minimum_resources(config) == {"CPU": 11.0, "GPU": 1.5}
+    # Minimum pools: 1 media task + annotate 1 + asr 4 + judge 1 CPUs; asr 0.5 + one vLLM engine (TP 1) GPUs.
+    assert minimum_resources(config) == {"CPU": 7.0, "GPU": 1.5}
+
+
+def test_open_weights_production_runs_the_omni_annotator_on_one_gpu_per_actor():
+    from engine.pipeline import minimum_resources
+
+    config = load_config(EngineConfig, "jobs/configs/production_open.yaml", ["input=s3://b/in", "output=s3://b/o"])
+    local = config.annotate.backend.local
+    assert (local.model, local.kind, local.device) == ("Qwen/Qwen2.5-Omni-7B", "qwen2_5_omni", "cuda")
+    assert config.annotate.pool.num_gpus == 1
+    assert config.describe.backend.vllm.model_source == "Qwen/Qwen2.5-VL-7B-Instruct"
+    assert config.consistency.judge.backend.http.api_key_env == ""  # an in-cluster vLLM server: no key
+    # 1 media + annotate 4 + asr 4 + judge 1 CPUs; asr 0.5 + annotate 1 + one vLLM engine GPUs.
+    assert minimum_resources(config) == {"CPU": 10.0, "GPU": 2.5}
