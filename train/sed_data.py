@@ -52,14 +52,20 @@ class SedEncoder:
         self.config = config
         self.video_size = {"shortest_edge": 4 * 28 * 28, "longest_edge": config.max_pixels}
 
-    def encode(self, record: dict[str, Any], frames: np.ndarray, audio: np.ndarray) -> dict[str, np.ndarray]:
+    def encode_prompt(self, record: dict[str, Any], frames: np.ndarray, audio: np.ndarray,
+                      return_tensors: str = "np") -> Any:
+        """The processor's outputs for the prompt alone (system, media, instruction, assistant header): what
+        training prefixes to the target and what sampling and evaluation generate from."""
         interleave = self.config.audio_in_video
         prompt = self.processor.apply_chat_template(sed_messages(record, interleave), tokenize=False,
                                                     add_generation_prompt=True)
         # Interleaved: our already-decoded track is the audio of video 0 (no second decode by the processor).
         extra = {"load_audio_from_video": True, "audio_from_video_indices": [0]} if interleave else {}
-        enc = self.processor(text=prompt, videos=[frames], audio=[audio], return_tensors="np",
-                             videos_kwargs={"size": self.video_size, "fps": self.config.fps}, **extra)
+        return self.processor(text=prompt, videos=[frames], audio=[audio], return_tensors=return_tensors,
+                              videos_kwargs={"size": self.video_size, "fps": self.config.fps}, **extra)
+
+    def encode(self, record: dict[str, Any], frames: np.ndarray, audio: np.ndarray) -> dict[str, np.ndarray]:
+        enc = self.encode_prompt(record, frames, audio)
         input_ids, labels = mask_labels(enc["input_ids"][0].tolist(),
                                         target_token_ids(self.processor.tokenizer, record["target"]))
         if len(input_ids) > self.config.max_length:
