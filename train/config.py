@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from engine.config_base import ConfigSection
 
@@ -29,6 +29,25 @@ class LoraConfig(ConfigSection):
     dropout: float = Field(0.05, ge=0, lt=1)
     # A regex over module names: the language model's linear layers only (encoders stay frozen).
     target_modules: str = LM_LINEAR_LAYERS
+
+
+class MoseConfig(ConfigSection):
+    """MoSE hyper-parameters (paper defaults: N = 2, r = 64, eps = 0.1); a section of a recipe config."""
+
+    enabled: bool = False  # read by the recipes; attach_mose attaches whatever it is given
+    num_experts: int = Field(2, ge=1)  # N up-projections B_i per expert, mixed by the per-token router
+    rank: int = Field(64, ge=1)  # r, the shared down-projection's output size
+    epsilon: float = Field(0.1, ge=0, le=0.5)  # lambda in [1/2 - eps, 1/2 + eps]
+    gate_hidden: int = Field(128, ge=1)  # hidden width of the gate MLP f (input 2d, output 1)
+    target: Literal["mlp"] = "mlp"  # experts parallel to each decoder layer's FFN (Eq. 4)
+    layers: Literal["all"] | list[int] = "all"  # decoder layer indices, checked against the model at attach
+
+    @field_validator("layers")
+    @classmethod
+    def _distinct_layers(cls, layers: Literal["all"] | list[int]) -> Literal["all"] | list[int]:
+        if layers != "all" and (not layers or len(set(layers)) != len(layers) or min(layers) < 0):
+            raise ValueError(f"layers must be 'all' or distinct non-negative layer indices, got {layers}")
+        return layers
 
 
 class DataConfig(ConfigSection):
@@ -75,6 +94,8 @@ class SftConfig(ConfigSection):
     ray_address: str | None = None
     model: ModelConfig = ModelConfig()
     lora: LoraConfig = LoraConfig()
+    # MoSEAR's modality-specific experts (train/mosear): only expert and gate parameters train.
+    mose: MoseConfig = MoseConfig()
     data: DataConfig = DataConfig()
     optim: OptimConfig = OptimConfig()
     distributed: DistributedConfig = DistributedConfig()
@@ -90,6 +111,8 @@ class SftConfig(ConfigSection):
         if self.optim.global_batch % per_step:
             problems.append(f"optim.global_batch ({self.optim.global_batch}) must be a multiple of micro_batch x "
                             f"num_workers ({per_step})")
+        if self.lora.enabled and self.mose.enabled:
+            problems.append("lora.enabled and mose.enabled: choose one adapter (MoSE experts are LoRA mixtures)")
         if self.distributed.use_gpu == (self.distributed.backend == "gloo"):
             problems.append("distributed.backend: use nccl with GPUs and gloo on CPU")
         if problems:

@@ -18,32 +18,12 @@ These modules take the token masks as arguments; attach.py works out the masks f
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import Field, field_validator
 from torch import nn
 
-from engine.config_base import ConfigSection
+from train.config import MoseConfig
 
-
-class MoseConfig(ConfigSection):
-    """MoSE hyper-parameters (paper defaults: N = 2, r = 64, eps = 0.1); a section of a recipe config."""
-
-    enabled: bool = False  # read by the recipes; attach_mose attaches whatever it is given
-    num_experts: int = Field(2, ge=1)  # N up-projections B_i per expert, mixed by the per-token router
-    rank: int = Field(64, ge=1)  # r, the shared down-projection's output size
-    epsilon: float = Field(0.1, ge=0, le=0.5)  # lambda in [1/2 - eps, 1/2 + eps]
-    gate_hidden: int = Field(128, ge=1)  # hidden width of the gate MLP f (input 2d, output 1)
-    target: Literal["mlp"] = "mlp"  # experts parallel to each decoder layer's FFN (Eq. 4)
-    layers: Literal["all"] | list[int] = "all"  # decoder layer indices, checked against the model at attach
-
-    @field_validator("layers")
-    @classmethod
-    def _distinct_layers(cls, layers: Literal["all"] | list[int]) -> Literal["all"] | list[int]:
-        if layers != "all" and (not layers or len(set(layers)) != len(layers) or min(layers) < 0):
-            raise ValueError(f"layers must be 'all' or distinct non-negative layer indices, got {layers}")
-        return layers
+__all__ = ["LoraMixture", "ModalityGate", "MoseConfig", "MoseExperts", "masked_mean"]
 
 
 class LoraMixture(nn.Module):

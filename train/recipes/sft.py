@@ -59,6 +59,10 @@ def setup_engine(config: SftConfig, model_path: str, total_steps: int) -> Any:
     model = load_thinker(config.model, model_path)
     if config.lora.enabled:
         model = apply_lora(model, config.lora)
+    if config.mose.enabled:
+        from train.mosear import attach_mose
+
+        attach_mose(model, config.mose)  # freezes everything but the experts and their gates
     trainable, total = count_parameters(model)
     log.info("parameters: %d trainable of %d", trainable, total)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -202,15 +206,32 @@ def save_final(engine: Any, config: SftConfig, loop_config: dict[str, Any]) -> N
     model = load_thinker(config.model.model_copy(update={"gradient_checkpointing": False}), loop_config["model_path"])
     if config.lora.enabled:
         model = apply_lora(model, config.lora)
+    if config.mose.enabled:
+        from train.mosear import attach_mose
+
+        attach_mose(model, config.mose)
     model.load_state_dict(state_dict)
     if config.lora.enabled:
         model = model.merge_and_unload()
     with tempfile.TemporaryDirectory() as folder:
-        model.save_pretrained(folder)
+        save_model(model, folder, config)
         AutoProcessor.from_pretrained(loop_config["model_path"]).save_pretrained(folder)
         fs = storage.filesystem(loop_config["run_dir"])
         target = f"{storage.strip_protocol(loop_config['run_dir'])}/final"
         fs.put(folder + "/", target, recursive=True)
+
+
+def save_model(model: torch.nn.Module, folder: str, config: SftConfig) -> None:
+    """save_pretrained layout; with MoSE the base weights (unchanged) without the experts, which go beside them
+    in mose.safetensors, so the folder loads as a plain thinker and train.generation attaches the experts."""
+    if not config.mose.enabled:
+        model.save_pretrained(folder)
+        return
+    from train.mosear import save_mose
+
+    base = {name: value for name, value in model.state_dict().items() if ".mose." not in name}
+    model.save_pretrained(folder, state_dict=base)
+    save_mose(model, folder)
 
 
 # -- driver side ------------------------------------------------------------------------------------------
