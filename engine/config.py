@@ -104,6 +104,21 @@ class ModelStageConfig(ConfigSection):
         return self
 
 
+# Each stage's own default max_tokens lives on its type: a YAML section that names only some fields is
+# validated against the type, so a default given as an instance (ModelStageConfig(max_tokens=...)) would be
+# lost as soon as the section appears in a config.
+class AnnotateStageConfig(ModelStageConfig):
+    max_tokens: int = Field(1024, ge=1)  # the six-dimension JSON
+
+
+class DescribeStageConfig(ModelStageConfig):
+    max_tokens: int = Field(256, ge=1)
+
+
+class JudgeStageConfig(ModelStageConfig):
+    max_tokens: int = Field(128, ge=1)  # a score or a relation with a one-sentence reason
+
+
 class ConsistencyConfig(ConfigSection):
     """Description-vs-annotation agreement. `embedding`: cosine similarity of sentence embeddings (cheap;
     a pre-filter or the whole check); `judge`: an LLM scores 0-10 with a reason."""
@@ -114,7 +129,7 @@ class ConsistencyConfig(ConfigSection):
     # Seen on tests/data/consistency_pairs.jsonl with MiniLM: true pairs >= 0.64, swapped pairs <= 0.47.
     # None records the score without rejecting (e.g. when the describer is a tiny random test model).
     min_similarity: float | None = Field(0.5, ge=-1, le=1)
-    judge: ModelStageConfig = ModelStageConfig(max_tokens=128)
+    judge: JudgeStageConfig = JudgeStageConfig()
     min_judge_score: int = Field(5, ge=0, le=10)
     pool: PoolConfig = PoolConfig()
 
@@ -126,7 +141,7 @@ class SaberTestConfig(ConfigSection):
 
     enabled: bool = False
     per_subset: int = Field(900, ge=1)
-    judge: ModelStageConfig = ModelStageConfig(max_tokens=128)
+    judge: JudgeStageConfig = JudgeStageConfig()
 
     @model_validator(mode="after")
     def _judge_when_enabled(self) -> SaberTestConfig:
@@ -177,8 +192,8 @@ class EngineConfig(ConfigSection):
     media: MediaConfig = MediaConfig()
     noise: NoiseConfig = NoiseConfig()
     asr: AsrConfig = AsrConfig()
-    annotate: ModelStageConfig = ModelStageConfig(max_tokens=1024)
-    describe: ModelStageConfig = ModelStageConfig(max_tokens=256)
+    annotate: AnnotateStageConfig = AnnotateStageConfig()
+    describe: DescribeStageConfig = DescribeStageConfig()
     consistency: ConsistencyConfig = ConsistencyConfig()
     saber_test: SaberTestConfig = SaberTestConfig()
     resources: ResourcesConfig = ResourcesConfig()

@@ -82,3 +82,12 @@ def test_open_weights_production_runs_the_omni_annotator_on_one_gpu_per_actor():
     assert config.consistency.judge.backend.http.api_key_env == ""  # an in-cluster vLLM server: no key
     # 1 media + annotate 4 + asr 4 + judge 1 CPUs; asr 0.5 + annotate 1 + one vLLM engine GPUs.
     assert minimum_resources(config) == {"CPU": 10.0, "GPU": 2.5}
+
+
+def test_a_partial_stage_section_keeps_that_stages_defaults(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("input: i\noutput: o\ndescribe: {enabled: false}\nannotate: {enabled: false}\n"
+                    "saber_test: {per_subset: 5}\n")
+    config = load_config(EngineConfig, path, ["consistency.judge.enabled=false"])
+    assert (config.describe.max_tokens, config.annotate.max_tokens) == (256, 1024)
+    assert config.saber_test.judge.max_tokens == config.consistency.judge.max_tokens == 128
