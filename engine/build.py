@@ -13,7 +13,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine import holdout, storage
+from engine import holdout, monitoring, storage
 from engine.config import EngineConfig, dump_config
 from engine.pipeline import build_plan, funnel_stages, minimum_resources, relation_plan
 from engine.report import build_report, write_report
@@ -90,12 +90,14 @@ def run_build(config: EngineConfig) -> dict[str, Any]:
     todo, total, skipped = pending_sources(config, writer)
     log.info("[build_saber] %d inputs, %d finished by earlier runs, %d to process (run %s)",
              total, skipped, todo.num_rows, writer.run_id)
+    monitoring.record_build_start(todo.num_rows, skipped)  # Prometheus/dashboard; a no-op without Ray
     progress = Progress(total=todo.num_rows, every=config.summary_seconds)
     if todo.num_rows:
         warn_if_pools_do_not_fit(config)
         for batch in build_plan(todo, config).iter_batches(batch_format="pyarrow", batch_size=None):
             writer.add(batch)
             progress.update(batch)
+            monitoring.record_clip_batch(batch)
     writer.close()
     log.info("%s", progress.line())
     run = {

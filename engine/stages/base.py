@@ -11,6 +11,7 @@ import logging
 import time
 from typing import Any, ClassVar
 
+from engine import monitoring
 from engine.media import MediaError
 from engine.schema import is_alive, reject
 
@@ -41,9 +42,10 @@ class RowStage:
             if missing:
                 raise StageInputError(f"{self.name} stage needs columns {missing}")
         started = time.perf_counter()
-        for row in rows:
-            if is_alive(row):
-                self._guarded(row)
+        with monitoring.stage_timer(self.name, len(rows)):
+            for row in rows:
+                if is_alive(row):
+                    self._guarded(row)
         log.debug("%s: %d rows in %.3fs", self.name, len(rows), time.perf_counter() - started)
         return rows
 

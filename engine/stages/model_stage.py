@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import ClassVar
 
+from engine import monitoring
 from engine.annotation import AnnotationError
 from engine.backends.base import ChatBackend, ChatRequest, ChatResult
 from engine.media import MediaError
@@ -41,12 +42,14 @@ class BatchedModelStage(RowStage):
     def __call__(self, rows: list[Row]) -> list[Row]:
         if rows and (missing := [c for c in self.requires if c not in rows[0]]):
             raise StageInputError(f"{self.name} stage needs columns {missing}")
-        todo = [row for row in rows if is_alive(row) and self.wants(row)]
-        requests = [self.request(row) for row in todo]
-        retry = self._answer(todo, requests, self.backend.chat(requests), final=not self.repair)
-        if retry:
-            again = [self._repair_request(req, text, error) for _, req, text, error in retry]
-            self._answer([r for r, *_ in retry], again, self.backend.chat(again), final=True)
+        with monitoring.stage_timer(self.name, len(rows)):
+            todo = [row for row in rows if is_alive(row) and self.wants(row)]
+            requests = [self.request(row) for row in todo]
+            retry = self._answer(todo, requests, self.backend.chat(requests), final=not self.repair)
+            if retry:
+                again = [self._repair_request(req, text, error) for _, req, text, error in retry]
+                self._answer([r for r, *_ in retry], again, self.backend.chat(again), final=True)
+        monitoring.record_backend_usage(self.backend)  # calls, tokens, cache hits, cost since the last batch
         return rows
 
     def _answer(self, rows: list[Row], requests: list[ChatRequest], results: list[ChatResult],

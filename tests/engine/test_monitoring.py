@@ -224,3 +224,26 @@ def test_driver_build_and_trainer_metrics_reach_prometheus(metrics_port):
     }
     got = wait_for(metrics_port, expected, refresh=lambda: monitoring.record_train_step("sft-test", gauges_only))
     assert got == pytest.approx(expected)
+
+
+@pytest.mark.slow
+def test_the_real_build_reports_its_clips_by_stage_and_reason(metrics_port, small_set, tmp_path):
+    from collections import Counter
+
+    from engine.build import run_build
+    from engine.config import EngineConfig, load_config
+
+    folder, clips = small_set
+    config = load_config(EngineConfig, REPO / "jobs" / "configs" / "demo.yaml",
+                         ["asr.enabled=false", f"input={folder}", f"output={tmp_path / 'out'}"])
+    # Without the ASR check only the planted bad files are rejected, each at its planted stage and reason.
+    bad = Counter((c.expected_stage, c.expected_reason) for c in clips if c.expected_stage not in (None, "asr"))
+    delta = {("ray_saber_clips_processed_total",): len(clips), ("ray_saber_clips_kept_total",): len(clips) - len(
+        [c for c in clips if c.expected_stage not in (None, "asr")]), ("ray_saber_clips_rejected_total",): sum(
+        bad.values()), ("ray_saber_stage_rows_total", ("stage", "probe")): len(clips)}
+    delta |= {("ray_saber_clips_rejected_total", ("stage", s), ("reason", r)): n for (s, r), n in bad.items()}
+    samples = scrape(metrics_port)  # earlier tests of this module count into the same series
+    expected = {key: n + summed(samples, key[0], **dict(key[1:])) for key, n in delta.items()}
+    report = run_build(config)
+    assert report["input"] == len(clips)
+    assert wait_for(metrics_port, expected) == pytest.approx(expected)

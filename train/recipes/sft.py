@@ -26,7 +26,7 @@ import torch.distributed as dist
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from engine import storage
+from engine import monitoring, storage
 from train.collate import collate_sed
 from train.config import SftConfig
 from train.ds_config import deepspeed_config
@@ -185,6 +185,7 @@ def report_step(engine: Any, config: SftConfig, state: TrainState, row: dict[str
     `checkpoint_every` steps and the last one carry a checkpoint."""
     if metrics_log:
         metrics_log.append(row)
+        monitoring.record_train_step(config.name, row)  # the dashboard's Prometheus metrics (rank 0)
     if state.step % config.checkpoint_every == 0 or state.step >= total_steps:
         if metrics_log:  # the log on disk must cover the checkpoint: a restart resumes both from here
             metrics_log.flush()
