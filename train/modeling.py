@@ -41,7 +41,7 @@ def load_thinker(config: ModelConfig, path: str | None = None) -> torch.nn.Modul
     if config.freeze_visual:
         submodule(model, "visual").requires_grad_(False)
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     return model
 

@@ -142,7 +142,7 @@ def test_gradient_checkpointing_trains_and_encoders_stay_frozen(tiny_omni):
     processor, example = _encode(tiny_omni)
     model = load_thinker(ModelConfig(path=str(tiny_omni), gradient_checkpointing=True))
     model.train()
-    assert model.is_gradient_checkpointing
+    assert model.is_activation_checkpointing
     loss = model(**collate_sed({k: [v] for k, v in example.items()}, processor.tokenizer.pad_token_id)).loss
     loss.backward()
     lm_grads = [p.grad for p in submodule(model, "language_model").parameters()]
