@@ -15,39 +15,21 @@ be overridden as key=value, e.g. `loss.kind=avem lora.enabled=true reference.mod
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
 import sys
 from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import ray  # noqa: E402
-
-from engine.config import ConfigError, dump_config, load_config  # noqa: E402
+from engine.launch import run_config_job  # noqa: E402
 from train.dpo_config import DpoConfig  # noqa: E402
 from train.recipes.dpo import run  # noqa: E402
 
+CONFIG_HELP = "YAML config (jobs/configs/dpo_demo.yaml, dpo_production.yaml, avem_production.yaml)"
+
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path,
-                        help="YAML config (jobs/configs/dpo_demo.yaml, dpo_production.yaml, avem_production.yaml)")
-    parser.add_argument("overrides", nargs="*", help="config overrides as dotted key=value")
-    args = parser.parse_intermixed_args(argv)
-    try:
-        config = load_config(DpoConfig, args.config, args.overrides)
-    except ConfigError as err:
-        print(err, file=sys.stderr)
-        return 2
-    logging.getLogger(__name__).info("resolved config:\n%s", dump_config(config))
-    ray.init(address=config.ray_address, ignore_reinit_error=True)
-    summary = run(config)
-    print(json.dumps(summary, indent=2, default=str))
-    return 0
+    return run_config_job(__doc__, DpoConfig, run, CONFIG_HELP, argv)
 
 
 if __name__ == "__main__":
