@@ -191,15 +191,17 @@ def vllm_gpus_per_engine(cfg: Any) -> int:
     return int(kwargs.get("tensor_parallel_size", 1)) * int(kwargs.get("pipeline_parallel_size", 1))
 
 
-def relation_plan(table: pa.Table, config: EngineConfig) -> ray.data.Dataset:
-    """Judge rows (engine.holdout.JUDGE_COLUMNS) -> one relation verdict row each, in an actor pool."""
-    from engine.holdout import RelationBatch
+def table_blocks(table: pa.Table, block_rows: int) -> ray.data.Dataset:
+    """A dataset of `block_rows`-row blocks: the unit Ray Data schedules and hands back to the driver."""
+    return ray.data.from_arrow([table.slice(i, block_rows) for i in range(0, table.num_rows, block_rows)] or [table])
 
-    pool, size = config.saber_test.judge.pool, config.block_rows
-    ds = ray.data.from_arrow([table.slice(i, size) for i in range(0, table.num_rows, size)] or [table])
+
+def pool_map(ds: ray.data.Dataset, callable_class: type, constructor_kwargs: dict[str, Any],
+             pool: PoolConfig) -> ray.data.Dataset:
+    """One actor pool sized and resourced by `pool` (the model loads once per actor), rows in = rows out."""
     return ds.map_batches(
-        RelationBatch,
-        fn_constructor_kwargs={"factory": partial(relation_stage, config)},
+        callable_class,
+        fn_constructor_kwargs=constructor_kwargs,
         batch_format="pyarrow",
         batch_size=pool.batch_size,
         num_cpus=pool.num_cpus,
@@ -209,11 +211,18 @@ def relation_plan(table: pa.Table, config: EngineConfig) -> ray.data.Dataset:
     )
 
 
+def relation_plan(table: pa.Table, config: EngineConfig) -> ray.data.Dataset:
+    """Judge rows (engine.holdout.JUDGE_COLUMNS) -> one relation verdict row each, in an actor pool."""
+    from engine.holdout import RelationBatch
+
+    return pool_map(table_blocks(table, config.block_rows), RelationBatch,
+                    {"factory": partial(relation_stage, config)}, config.saber_test.judge.pool)
+
+
 def build_plan(source: pa.Table, config: EngineConfig) -> ray.data.Dataset:
     """Source table -> dataset of clip-table rows (media columns dropped), one per source row."""
-    res, size = config.resources, config.block_rows
-    slices = [source.slice(i, size) for i in range(0, source.num_rows, size)]
-    ds = ray.data.from_arrow(slices or [source])
+    res = config.resources
+    ds = table_blocks(source, config.block_rows)
     ds = ds.map_batches(
         run_media_chain,
         fn_kwargs={"factories": media_stages(config), "expand_source": True},
@@ -227,14 +236,5 @@ def build_plan(source: pa.Table, config: EngineConfig) -> ray.data.Dataset:
         if uses_vllm_batch(config, stage):
             ds = add_vllm_describe(ds, config)
             continue
-        ds = ds.map_batches(
-            StageChain,
-            fn_constructor_kwargs={"factories": [factory]},
-            batch_format="pyarrow",
-            batch_size=pool.batch_size,
-            num_cpus=pool.num_cpus,
-            num_gpus=pool.num_gpus,
-            compute=ray.data.ActorPoolStrategy(min_size=pool.concurrency[0], max_size=pool.concurrency[1]),
-            udf_modifying_row_count=False,
-        )
+        ds = pool_map(ds, StageChain, {"factories": [factory]}, pool)
     return ds.select_columns(CLIP_SCHEMA.names)

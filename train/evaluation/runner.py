@@ -277,33 +277,20 @@ def is_transient(reason: str | None, detail: str | None) -> bool:
     return reason == "model_error" and (error in TRANSIENT_ERRORS or error.startswith("server_error_"))
 
 
-def _blocks(table: pa.Table, block_rows: int) -> Any:
-    import ray.data
-
-    return ray.data.from_arrow([table.slice(i, block_rows) for i in range(0, table.num_rows, block_rows)])
-
-
-def _pool_map(ds: Any, fn: type, kwargs: dict[str, Any], pool: PoolConfig) -> Any:
-    import ray.data
-
-    return ds.map_batches(fn, fn_constructor_kwargs=kwargs, batch_format="pyarrow", batch_size=pool.batch_size,
-                          num_cpus=pool.num_cpus, num_gpus=pool.num_gpus, udf_modifying_row_count=False,
-                          compute=ray.data.ActorPoolStrategy(min_size=pool.concurrency[0],
-                                                             max_size=pool.concurrency[1]))
-
-
 def evaluation_plan(config: EvalConfig, to_answer: list[Item], to_judge: list[dict[str, Any]]) -> Any:
     """Items -> answer actor pool -> judge actor pool (judged benchmarks; answers of earlier runs that still
     need a verdict join the stream before it), one dataset so both pools work at once."""
+    from engine.pipeline import pool_map, table_blocks  # Ray only where a plan is built
+
     ds = None
     if to_answer:
-        ds = _pool_map(_blocks(pa.Table.from_pylist(to_answer, schema=ITEM_SCHEMA), config.block_rows),
+        ds = pool_map(table_blocks(pa.Table.from_pylist(to_answer, schema=ITEM_SCHEMA), config.block_rows),
                        AnswerBatch, {"config": config, "model_path": _model_path(config)}, config.answer_pool)
     if get_benchmark(config.benchmark).judge and (to_answer or to_judge):
         if to_judge:
-            earlier = _blocks(pa.Table.from_pylist(to_judge, schema=ANSWER_SCHEMA), config.block_rows)
+            earlier = table_blocks(pa.Table.from_pylist(to_judge, schema=ANSWER_SCHEMA), config.block_rows)
             ds = earlier if ds is None else ds.union(earlier)
-        ds = _pool_map(ds, JudgeBatch, {"factory": partial(judge_stage, config, config.folder)}, config.judge.pool)
+        ds = pool_map(ds, JudgeBatch, {"factory": partial(judge_stage, config, config.folder)}, config.judge.pool)
     return ds
 
 

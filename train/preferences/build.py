@@ -31,7 +31,8 @@ matplotlib.use("Agg")  # headless: drivers and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from engine import storage  # noqa: E402
-from engine.config import PoolConfig, dump_config  # noqa: E402
+from engine.config import dump_config  # noqa: E402
+from engine.pipeline import pool_map, table_blocks  # noqa: E402
 from engine.writer import PART_PREFIX, read_parts, write_parquet_whole  # noqa: E402
 from train.modeling import resolve_model_path  # noqa: E402
 from train.preferences.avem_data import AvemBatch, assign_swaps, writer_stage  # noqa: E402
@@ -81,38 +82,24 @@ def add_vllm_sampler(ds: ray.data.Dataset, config: PreferenceConfig, model_path:
 def add_transformers_sampler(ds: ray.data.Dataset, config: PreferenceConfig, model_path: str) -> ray.data.Dataset:
     pool = config.sampler
     threads = None if pool.num_gpus else max(1, int(pool.num_cpus))
-    return ds.map_batches(
-        SampleBatch,
-        fn_constructor_kwargs={"model_path": model_path, "data": config.data, "sampling": config.sampling,
-                               "model": config.sampler_model, "torch_threads": threads},
-        batch_format="pyarrow", batch_size=pool.batch_size, num_cpus=pool.num_cpus, num_gpus=pool.num_gpus,
-        compute=ray.data.ActorPoolStrategy(min_size=pool.concurrency[0], max_size=pool.concurrency[1]),
-        udf_modifying_row_count=False)
-
-
-def _model_pool(ds: ray.data.Dataset, callable_class: type, factory: Any, pool: PoolConfig) -> ray.data.Dataset:
-    return ds.map_batches(
-        callable_class, fn_constructor_kwargs={"factory": factory}, batch_format="pyarrow",
-        batch_size=pool.batch_size, num_cpus=pool.num_cpus, num_gpus=pool.num_gpus,
-        compute=ray.data.ActorPoolStrategy(min_size=pool.concurrency[0], max_size=pool.concurrency[1]),
-        udf_modifying_row_count=False)
+    return pool_map(ds, SampleBatch, {"model_path": model_path, "data": config.data, "sampling": config.sampling,
+                                      "model": config.sampler_model, "torch_threads": threads}, pool)
 
 
 def preference_plan(queries: pa.Table, config: PreferenceConfig, model_path: str) -> ray.data.Dataset:
     """Query rows -> ranked (and AVEm-written) query rows, one out per query in."""
-    size = config.batch_queries
-    ds = ray.data.from_arrow([queries.slice(i, size) for i in range(0, queries.num_rows, size)])
+    ds = table_blocks(queries, config.batch_queries)
     add_sampler = add_vllm_sampler if config.sampler_backend == "vllm" else add_transformers_sampler
     ds = add_sampler(ds, config, model_path)
     judge = partial(judge_stage, config.judge.backend, config.output, config.judge.max_tokens)
-    ds = _model_pool(ds, JudgeBatch, judge, config.judge.pool)
+    ds = pool_map(ds, JudgeBatch, {"factory": judge}, config.judge.pool)
     # Pure Python on a few rows: a sliver of a CPU, so it never waits behind the model pools.
     ds = ds.map_batches(rank_batch, fn_kwargs={"ranking": config.ranking}, batch_format="pyarrow", num_cpus=0.1,
                         udf_modifying_row_count=False)
     if config.avem.enabled:
         writer = config.avem.writer
-        ds = _model_pool(ds, AvemBatch, partial(writer_stage, writer.backend, config.output, writer.max_tokens),
-                         writer.pool)
+        writer_factory = partial(writer_stage, writer.backend, config.output, writer.max_tokens)
+        ds = pool_map(ds, AvemBatch, {"factory": writer_factory}, writer.pool)
     return ds
 
 
