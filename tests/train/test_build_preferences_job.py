@@ -37,14 +37,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 MARGIN = 2.0
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True,
-             runtime_env={"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}})
-    yield
-    ray.shutdown()
-
-
 def fenced(text):
     return re.findall(f"{re.escape(FENCE_OPEN)}\\n(.*?)\\n{re.escape(FENCE_CLOSE)}", text, re.DOTALL)
 

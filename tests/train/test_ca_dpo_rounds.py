@@ -10,12 +10,7 @@ import pytest
 
 from engine.config_base import load_config
 from tests.engine.fake_openai import FakeOpenAI
-from tests.train.test_build_preferences_job import (
-    Scripted,
-    config_for,
-    engine_output,
-    local_ray,  # noqa: F401 - the module's Ray fixture
-)
+from tests.train.test_build_preferences_job import Scripted, config_for, engine_output
 from train.ca_dpo import RoundsConfig, round_configs, run_rounds
 from train.dpo_config import DpoConfig
 from train.preferences.schema import read_preferences
@@ -43,7 +38,7 @@ def test_round_two_samples_from_round_ones_policy_and_keeps_the_sft_reference(tm
 
 
 @pytest.mark.slow
-def test_sample_judge_pair_train_raises_the_margin_and_resumes(local_ray, tiny_omni, sed_records, tmp_path):  # noqa: F811
+def test_sample_judge_pair_train_raises_the_margin_and_resumes(local_ray, tiny_omni, sed_records, tmp_path):
     engine, _, _ = engine_output(sed_records, tmp_path)
     script = Scripted({})  # every response scored from a hash of its text, no faults
     rounds = RoundsConfig(rounds=1, output=str(tmp_path / "ca"))

@@ -9,7 +9,6 @@ import math
 
 import numpy as np
 import pytest
-import ray
 import torch
 from transformers import AutoProcessor, Qwen2_5OmniThinkerForConditionalGeneration
 
@@ -145,14 +144,6 @@ def test_precomputed_columns_attach_by_pair_id():
 
 
 # ---------------------------------------------------------------- end to end on Ray Train
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True,
-             runtime_env={"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}})
-    yield
-    ray.shutdown()
-
-
 def _config(tiny_omni, table, storage, *overrides):
     return load_config(DpoConfig, "jobs/configs/dpo_demo.yaml", [
         f"model.path={tiny_omni}", f"data.preferences={table}", f"storage_path={storage}", "data.max_frames=4",

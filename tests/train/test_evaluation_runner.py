@@ -11,7 +11,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import ray
 import yaml
 
 from engine.backends.base import ChatResult
@@ -430,14 +429,6 @@ def test_api_answerer_sends_frames_audio_and_the_question(asr_set, tmp_path):
 
 
 # ---------------------------------------------------------------- end to end on a local Ray
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True,
-             runtime_env={"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}})
-    yield
-    ray.shutdown()
 
 
 def _good_clips(asr_set) -> list[tuple[Path, dict]]:

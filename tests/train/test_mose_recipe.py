@@ -12,7 +12,6 @@ from safetensors.torch import load_file
 from transformers import Qwen2_5OmniThinkerForConditionalGeneration
 
 from engine.config import ConfigError, load_config
-from tests.train.test_sft_recipe import local_ray  # noqa: F401 - the module's Ray fixture
 from train.config import DataConfig, SftConfig
 from train.generation import GenerationConfig, ThinkerGenerator
 from train.recipes.sft import run
@@ -20,7 +19,7 @@ from train.recipes.sft import run
 pytestmark = pytest.mark.slow
 
 
-def test_mose_trains_only_experts_and_generates_with_reallocation(local_ray, tiny_omni, sed_records, tmp_path,  # noqa: F811
+def test_mose_trains_only_experts_and_generates_with_reallocation(local_ray, tiny_omni, sed_records, tmp_path,
                                                                   one_torch_thread):
     config = load_config(SftConfig, "jobs/configs/sft_demo.yaml", [
         f"model.path={tiny_omni}", f"data.sed={sed_records}", f"storage_path={tmp_path}", "data.limit=8",

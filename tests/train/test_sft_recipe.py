@@ -8,7 +8,6 @@ import json
 
 import numpy as np
 import pytest
-import ray
 import torch
 from transformers import AutoProcessor, Qwen2_5OmniThinkerForConditionalGeneration
 
@@ -17,14 +16,6 @@ from train.config import SftConfig
 from train.recipes.sft import run
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True,
-             runtime_env={"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}})
-    yield
-    ray.shutdown()
 
 
 def _config(tiny_omni, sed_records, storage, *overrides):
