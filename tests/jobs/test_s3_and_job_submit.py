@@ -89,7 +89,11 @@ def test_ray_job_submit_to_a_local_head(small_set, tmp_path):
     # process group stops this cluster only (`ray stop` would kill every Ray on the machine).
     start = [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus=2", f"--port={free_port()}",
              "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--include-dashboard=true",
-             f"--temp-dir={short / 'r'}"]
+             f"--temp-dir={short / 'r'}",
+             # Free ports for the head's agents too: on their default ports they collide with any other Ray on
+             # the machine (in the full suite the job agent then never comes up: "No available agent").
+             f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+             f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}"]
     head = subprocess.Popen(start, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     assert wait_for(lambda: _dashboard_up(dashboard), 120), "Ray head did not come up"
