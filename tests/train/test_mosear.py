@@ -22,8 +22,9 @@ from train.mosear import (
     reallocate,
     save_mose,
 )
-from train.mosear.attach import gate_positions, modality_context
+from train.mosear.attach import ModalityContext, gate_positions, modality_context
 from train.mosear.mose import LoraMixture, ModalityGate
+from train.mosear.realloc import TOKENS_KWARG
 from train.sed_data import IGNORE_INDEX, SedEncoder
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -131,6 +132,24 @@ def test_gate_positions_are_the_real_prompt_tokens():
     assert gate_positions(ids, attention, labels, explicit).tolist() == [[1, 1, 1, 0], [1, 1, 0, 0]]
     with pytest.raises(ValueError, match="labels"):
         gate_positions(ids, attention, labels[:, :3], None)
+
+
+@pytest.mark.parametrize("cache_kwarg", ["cache", "past_key_values"])
+def test_a_forward_with_a_filled_cache_is_a_decoding_step(cache_kwarg):
+    """transformers 5.24 passes the KV cache as `cache=`, earlier releases as `past_key_values=`: either way a
+    forward over a filled cache extends the prompt's masks and keeps its lambda (no gate mask)."""
+    from transformers import DynamicCache
+
+    context = ModalityContext(visual_ids=(9,), audio_ids=(8,))
+    _, prompt = context.before_forward(None, (), {"input_ids": torch.tensor([[9, 8, 5]])})
+    assert prompt[TOKENS_KWARG].gate_mask is not None
+    cache = DynamicCache()
+    cache.update(torch.zeros(1, 1, 3, 2), torch.zeros(1, 1, 3, 2), 0)
+    _, step = context.before_forward(None, (), {"input_ids": torch.tensor([[9]]), cache_kwarg: cache})
+    tokens = step[TOKENS_KWARG]
+    assert tokens.gate_mask is None and tokens.ar_first_row == 0
+    assert tokens.visual.tolist() == [[True, False, False, True]]
+    assert tokens.audio.tolist() == [[False, True, False, False]]
 
 
 def test_config_errors_name_the_field(tiny_omni):

@@ -82,8 +82,7 @@ class ModalityContext:
         if input_ids is None:
             raise ValueError("MoSE/AR find media tokens in input_ids: call the thinker with input_ids, "
                              "not inputs_embeds alone")
-        cache = kwargs.get("past_key_values")
-        past = 0 if cache is None else int(cache.get_seq_length())
+        past = _cached_length(kwargs)
         if past == 0:
             kwargs[TOKENS_KWARG] = self._prompt(input_ids, kwargs.get("attention_mask"), kwargs.get("labels"),
                                                 prompt_mask)
@@ -112,6 +111,21 @@ class ModalityContext:
         self.visual = torch.cat([self.visual[:, :past], new_visual], dim=1)
         self.audio = torch.cat([self.audio[:, :past], self._is(input_ids, self.audio_ids)], dim=1)
         return TokenModalities(self.visual, self.audio, new_visual, None, self.gates, self.ar_tau, ar_first_row=0)
+
+
+# transformers 5.24 renamed the forward keyword of the KV cache from `past_key_values` to `cache` (the old name
+# stays accepted, with a deprecation, until 5.40). Reading only one of them made every decoding step look like a
+# fresh prompt: its masks and lambda were recomputed over the one new token.
+_CACHE_KWARGS = ("cache", "past_key_values")
+
+
+def _cached_length(kwargs: dict[str, Any]) -> int:
+    """How many positions the forward's KV cache already holds (0 without a cache: a prompt's forward)."""
+    for name in _CACHE_KWARGS:
+        cache = kwargs.get(name)
+        if cache is not None:
+            return int(cache.get_seq_length())
+    return 0
 
 
 def gate_positions(input_ids: torch.Tensor, attention_mask: Any, labels: torch.Tensor | None,
