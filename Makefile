@@ -4,12 +4,18 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+LOCK := requirements.lock
+PIP_VERSION := 26.3
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) | sha1sum | cut -c1-12)
+# pip-tools in a venv of its own (not the project's): it resolves pyproject.toml's ranges into the lock.
+PIPTOOLS := .cache/piptools/bin
+COMPILE := CUSTOM_COMPILE_COMMAND="make lock" $(PIPTOOLS)/pip-compile --quiet --extra dev --strip-extras --allow-unsafe --no-emit-index-url \
+	--no-emit-find-links --output-file $(LOCK) pyproject.toml
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_CLIPS ?= .cache/demo_clips
 DEMO_OUT ?= outputs/demo
 
-.PHONY: demo demo-sft test lint system-deps install clean
+.PHONY: demo demo-sft test test-latest lint lock lock-upgrade system-deps install clean
 
 system-deps:
 	@if ! command -v ffmpeg >/dev/null || ! command -v espeak-ng >/dev/null; then \
@@ -17,13 +23,15 @@ system-deps:
 		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg espeak-ng; \
 	fi
 
-# Torch and torchvision first, as a matching pair (the Qwen video processors need torchvision); then the
-# project without build isolation, so DeepSpeed's setup sees that torch instead of fetching another.
-$(STAMP): pyproject.toml
+# Every package at the exact version of the committed lock (requirements.lock, made by `make lock`). Torch and
+# torchvision first, as a matching pair (the Qwen video processors need torchvision); then the rest without build
+# isolation, so DeepSpeed's setup sees that torch instead of fetching another; then the project itself, no deps.
+$(STAMP): pyproject.toml $(LOCK)
 	[ -x $(PY) ] || python3 -m venv $(VENV)
-	$(PIP) install -q --upgrade pip setuptools wheel
-	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
-	$(PIP) install -q --no-build-isolation -e '.[dev]'
+	$(PIP) install -q --upgrade pip==$(PIP_VERSION) setuptools wheel
+	$(PIP) install -q -c $(LOCK) torch torchvision
+	$(PIP) install -q --no-build-isolation -r $(LOCK)
+	$(PIP) install -q --no-deps --no-build-isolation -e .
 	$(PY) -c "import torchvision.ops, decord, faster_whisper, ray.data"
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
@@ -38,7 +46,30 @@ demo-sft: demo
 	$(PY) jobs/train_sed.py --config jobs/configs/sft_demo.yaml data.sed=$(DEMO_OUT)/sed
 
 test: install
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=15
+
+# The lock from pyproject.toml's ranges, keeping the pinned versions that still satisfy them (after adding or
+# changing a dependency). `make lock-upgrade` takes the newest allowed versions instead; run `make test` on it
+# (and `make test-latest` shows beforehand what the newest versions would break).
+$(PIPTOOLS)/pip-compile:
+	python3 -m venv .cache/piptools && $(PIPTOOLS)/pip install -q pip-tools==7.6.2
+
+lock: $(PIPTOOLS)/pip-compile
+	$(COMPILE)
+
+lock-upgrade: $(PIPTOOLS)/pip-compile
+	$(COMPILE) --upgrade
+
+# The upgrade check: the newest versions pyproject.toml allows, in a venv of their own (.venv-latest), then the
+# suite. Not part of CI: it tells us about an upstream release before a user's fresh install does.
+LATEST := .venv-latest
+test-latest: system-deps
+	rm -rf $(LATEST) && python3 -m venv $(LATEST)
+	$(LATEST)/bin/pip install -q --upgrade pip setuptools wheel
+	$(LATEST)/bin/pip install -q --upgrade $$(python3 .ci/versions.py ranges torch torchvision)
+	$(LATEST)/bin/pip install -q --upgrade --upgrade-strategy eager --no-build-isolation -e '.[dev]'
+	$(LATEST)/bin/python .ci/versions.py drift $(LOCK)
+	$(LATEST)/bin/python -m pytest -q -p no:cacheprovider --durations=15
 
 lint: install
 	$(VENV)/bin/ruff check engine train jobs tests

@@ -318,8 +318,9 @@ def test_image_holds_the_repo_where_the_configs_expect_it():
     dockerfile = (CLUSTER / "Dockerfile").read_text()
     assert f"WORKDIR {IMAGE_REPO_DIR}" in dockerfile
     assert f"rayproject/ray:{ray.__version__}-" in dockerfile and f"ray[llm]=={ray.__version__}" in dockerfile
-    makefile_torch = re.search(r"torch==\S+ torchvision==\S+", (REPO / "Makefile").read_text()).group()
-    assert makefile_torch in dockerfile
+    # The image installs the lock the Makefile installs, the torch pair first.
+    assert "-c /tmp/requirements.lock torch torchvision" in dockerfile
+    assert "-r requirements.lock" in dockerfile and "-r $(LOCK)" in (REPO / "Makefile").read_text()
     assert f"python {IMAGE_REPO_DIR}/cluster/aws/fetch_secrets.py" in " ".join(load(AWS)["setup_commands"])
     ignored = (CLUSTER / "Dockerfile.dockerignore").read_text().split()
     assert {".git", ".venv", ".cache", "outputs", ".env", "*.pem"} <= set(ignored)
