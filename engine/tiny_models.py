@@ -406,15 +406,3 @@ def build_tiny_omni(
     params = _params(seed, vocab_size, hidden_size, num_layers)
     return cached_build(Path(out_dir), params,
                         lambda staging: _build(staging, seed, vocab_size, hidden_size, num_layers))
-    _check_replaceable(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; the published folder should read like any other
-    try:
-        _build(staging, seed, vocab_size, hidden_size, num_layers)
-        # The marker goes last: its presence means the folder is complete.
-        (staging / MARKER_FILE).write_text(json.dumps(params, indent=2, sort_keys=True))
-        _publish(staging, out_dir, params)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return out_dir

@@ -7,12 +7,12 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from engine import demo_data, demo_media
 from engine.demo_data import (
     SENTENCES,
     PlantedClip,
@@ -201,15 +201,29 @@ def test_expected_jsonl_round_trips(demo):
     assert load_expected(out) == clips
 
 
-def test_cached_and_deterministic(demo, tmp_path):
+class _Regenerated(Exception):
+    """Raised by the writers that a cache hit must never reach."""
+
+
+def test_cached_and_deterministic(demo, tmp_path, monkeypatch):
     out, clips = demo
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    start = time.perf_counter()
-    assert generate_demo_set(out, n_good=N_GOOD, n_wrong=N_WRONG, seed=SEED) == clips
-    assert time.perf_counter() - start < 0.5
+
+    def regenerated(*args, **kwargs):
+        raise _Regenerated
+
+    with monkeypatch.context() as patch:
+        # Everything that writes, speaks or encodes: clearing, rendering, espeak-ng, ffmpeg, the records.
+        for module, name in [(demo_data, "_clear_previous"), (demo_data, "_render"), (demo_data, "write_clip"),
+                             (demo_data, "synthesize_speech"), (demo_data, "_write_expected"),
+                             (demo_media, "synthesize_speech"), (demo_media, "_run_ffmpeg")]:
+            patch.setattr(module, name, regenerated)
+        assert generate_demo_set(out, n_good=N_GOOD, n_wrong=N_WRONG, seed=SEED) == clips
+        with pytest.raises(_Regenerated):  # while a miss does reach them
+            generate_demo_set(tmp_path / "miss", n_good=N_GOOD, n_wrong=N_WRONG, seed=SEED)
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before, "a cache hit must not rewrite"
-    generate_demo_set(tmp_path, n_good=N_GOOD, n_wrong=N_WRONG, seed=SEED)
-    assert (tmp_path / "expected.jsonl").read_text() == (out / "expected.jsonl").read_text()
+    generate_demo_set(tmp_path / "again", n_good=N_GOOD, n_wrong=N_WRONG, seed=SEED)
+    assert (tmp_path / "again" / "expected.jsonl").read_text() == (out / "expected.jsonl").read_text()
 
 
 def test_new_params_regenerate_and_drop_stale_clips(tmp_path):

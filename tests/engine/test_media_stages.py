@@ -1,6 +1,8 @@
 """Probe, decode and noise stages on real generated media, checked against each planted file's kind."""
 
 import io
+import json
+import math
 
 import numpy as np
 import pytest
@@ -45,14 +47,81 @@ def test_each_planted_file_is_rejected_where_and_why_it_should_be(small_set):
 
 
 def test_stage_declares_what_it_produces(small_set):
+    """Every declared column holds the value the known good clip implies, worked out from how it was made."""
     folder, clips = small_set
     good = next(c for c in clips if c.kind == "good")
-    media = MediaConfig()
+    media = MediaConfig()  # 2 fps, at most 40 frames, long side at most 448: a 320x240 clip is not rescaled
     stages = [AnnotationCheckStage(), ProbeStage(media), DecodeStage(media), NoiseFilterStage(NoiseConfig())]
     row = _run(_rows(folder, [good]), *stages)[0]
+    assert row["status"] == "kept", (row["reject_stage"], row["reject_reason"], row["reject_detail"])
+
+    # The generator drew a 320x240 face at 10 fps (libx264) over 16 kHz mono speech (aac): the speech
+    # peak-normalised to 0.7 after 0.3 s of -50 dBFS room tone, the length rounded up to whole frames.
+    sidecar = json.loads((folder / good.name).with_suffix(".json").read_text())
+    source_frames = round(good.duration_s * 10)
+    duration = source_frames / 10
+    n_frames = source_frames // 5  # 2 fps out of 10: one sampled frame per 5 source frames, rounded down
+    audio = audio_from_row(row)
+
+    def frames_ok(frames):
+        assert len(frames) == n_frames
+        for data in frames:
+            assert data[:2] == b"\xff\xd8"  # JPEG start-of-image
+            assert decode_jpeg(data).shape == (240, 320, 3)
+
+    def times_ok(times):
+        # n_frames uniform slots over the clip, each snapped down onto the 10 fps grid of decoded frames.
+        assert len(times) == n_frames and times == sorted(set(times))
+        for k, t in enumerate(times):
+            centre = (k + 0.5) * duration / n_frames
+            assert t == pytest.approx(round(t * 10) / 10) and centre - 0.1 - 1e-6 < t <= centre + 1e-6, (k, t)
+
+    def audio_ok(pcm):
+        assert len(pcm) == 4 * audio.size  # float32 samples
+        # AAC codes 1024-sample frames: the decoded track is the clip's length rounded up to whole frames.
+        assert 0 <= audio.size - round(duration * 16000) < 1024
+        assert float(np.max(np.abs(audio))) == pytest.approx(0.7, abs=0.05)
+        lead_in_dbfs = 10 * np.log10(np.mean(np.square(audio[: int(0.2 * 16000)], dtype=np.float64)))
+        assert -56 < lead_in_dbfs < -44  # the room tone: neither speech nor digital silence
+
+    def snr_ok(snr):
+        # Quiet frames are the -50 dBFS room tone and no frame can exceed the 0.7 peak (-3 dBFS): SNR < 47 dB.
+        assert math.isfinite(snr) and 25 < snr < 47
+
+    checks = {  # column: (type, expected value or check)
+        "video_desc": (str, sidecar["video_desc"]),
+        "speech_content": (str, good.annotated_text),
+        "acoustic_feat": (str, sidecar["audio_desc"]["acoustic_feat"]),
+        "facial_exp_desc": (str, sidecar["facial_exp_desc"]),
+        "body_lang_desc": (str, sidecar["body_lang_desc"]),
+        "sentiment_analysis": (str, sidecar["sentiment_analysis"]),
+        "annotation_source": (str, "sidecar"),
+        "duration_s": (float, pytest.approx(duration, abs=0.05)),
+        "width": (int, 320),
+        "height": (int, 240),
+        "fps": (float, 10.0),
+        "has_video": (bool, True),
+        "has_audio": (bool, True),
+        "video_codec": (str, "h264"),
+        "audio_codec": (str, "aac"),
+        "n_frames": (int, n_frames),
+        "decoded_duration_s": (float, pytest.approx(duration)),  # min(video frames / 10 fps, longer audio)
+        "frames_jpeg": (list, frames_ok),
+        "frame_times": (list, times_ok),
+        "audio_pcm": (bytes, audio_ok),
+        "snr_db": (float, snr_ok),
+    }
+    assert sorted(c for stage in stages for c in stage.produces) == sorted(checks), "a declared column is unchecked"
+    assert sidecar["audio_desc"]["speech_content"] == good.annotated_text
     for stage in stages:
         for column in stage.produces:
-            assert row[column] is not None, (stage.name, column)
+            kind, expected = checks[column]
+            value = row[column]
+            assert isinstance(value, kind), (stage.name, column, value)
+            if callable(expected):
+                expected(value)
+            else:
+                assert value == expected, (stage.name, column, value)
 
 
 def test_decode_samples_frames_at_fps_and_audio_at_16k(small_set):

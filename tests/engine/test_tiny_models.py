@@ -4,7 +4,6 @@ forward and generate passes on CPU."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import Qwen2_5OmniProcessor, Qwen2_5OmniThinkerForConditionalGeneration
 
-from engine.tiny_models import MARKER_FILE, build_tiny_omni
+from engine.tiny_models import CHAT_TEMPLATE, MARKER_FILE, NAMED_SPECIAL_TOKENS, SPECIAL_TOKENS, build_tiny_omni
+from train.sed_data import mask_labels, sed_messages, target_token_ids
 
 SR = 16_000
 CONVERSATION = [
@@ -128,9 +128,35 @@ def test_sampling_generate(model, processor, inputs) -> None:
     assert isinstance(processor.tokenizer.decode(new_tokens, skip_special_tokens=True), str)
 
 
-def test_chat_template_renders_qwen_layout(processor) -> None:
+def test_builder_registers_the_qwen_special_tokens(processor) -> None:
+    """Our choices: the Qwen special tokens as the last ids in Qwen's order, each one unsplittable and special."""
+    tokenizer = processor.tokenizer
+    ids = tokenizer.convert_tokens_to_ids
+    assert [ids(token) for token in SPECIAL_TOKENS] == list(range(600 - 11, 600))
+    assert set(SPECIAL_TOKENS) <= set(tokenizer.all_special_tokens)
+    # The named ones are the attributes Qwen2_5OmniProcessor reads off the tokenizer.
+    named = {name: getattr(tokenizer, name) for name in NAMED_SPECIAL_TOKENS}
+    assert named == {
+        "image_token": "<|IMAGE|>", "audio_token": "<|AUDIO|>", "video_token": "<|VIDEO|>",
+        "vision_bos_token": "<|vision_bos|>", "vision_eos_token": "<|vision_eos|>",
+        "audio_bos_token": "<|audio_bos|>", "audio_eos_token": "<|audio_eos|>",
+    }
+    text = "".join(SPECIAL_TOKENS)
+    assert tokenizer.encode(text, add_special_tokens=False) == list(range(589, 600))
+    assert tokenizer.decode(tokenizer.encode(f"<|im_start|>user\nhi<|im_end|>{text}"), skip_special_tokens=True) == (
+        "user\nhi"
+    )
+
+
+def test_chat_template_renders_qwen_layout(tiny_dir: Path, processor) -> None:
+    """The template we ship, saved once for the processor and the tokenizer, renders the layout SED trains on."""
+    assert (tiny_dir / "chat_template.jinja").read_text() == CHAT_TEMPLATE
+    assert processor.chat_template == processor.tokenizer.chat_template == CHAT_TEMPLATE
+
+    record = {"system": "You are an emotion analyst.", "prompt": "How does she feel?"}
     answer = "Visual evidence: she smiles.\nAcoustic evidence: a bright voice.\nReasoning: she is happy."
-    conversation = [*CONVERSATION, {"role": "assistant", "content": [{"type": "text", "text": answer}]}]
+    messages = sed_messages(record)
+    conversation = [*messages, {"role": "assistant", "content": [{"type": "text", "text": answer}]}]
     rendered = processor.apply_chat_template(conversation, tokenize=False)
     assert rendered == (
         "<|im_start|>system\nYou are an emotion analyst.<|im_end|>\n"
@@ -138,30 +164,51 @@ def test_chat_template_renders_qwen_layout(processor) -> None:
         "How does she feel?<|im_end|>\n"
         f"<|im_start|>assistant\n{answer}<|im_end|>\n"
     )
-    prompt = processor.apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=True)
-    assert prompt.endswith("<|im_end|>\n<|im_start|>assistant\n")
-    # The tokenizer carries the same template, for text-only callers.
-    assert processor.tokenizer.apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=True) == prompt
-    # Without a system turn the Qwen default one is added.
-    assert processor.apply_chat_template(CONVERSATION[1:], tokenize=False).startswith(
+    prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert prompt == rendered[: rendered.index(answer)]  # the conversation up to the assistant header
+    # Audio interleaved into the video: one placeholder only.
+    interleaved = processor.apply_chat_template(sed_messages(record, audio_in_video=True), tokenize=False)
+    assert "<|im_start|>user\n<|vision_bos|><|VIDEO|><|vision_eos|>How does she feel?<|im_end|>" in interleaved
+    assert "<|AUDIO|>" not in interleaved
+    # SED trains on prompt ids + answer ids + <|im_end|>: exactly the ids of the rendered assistant turn.
+    tokenizer = processor.tokenizer
+    training_ids, _ = mask_labels(tokenizer.encode(prompt), target_token_ids(tokenizer, answer))
+    assert training_ids + tokenizer.encode("\n") == tokenizer.encode(rendered)
+    # Without a system turn our template adds the Qwen default one.
+    assert processor.apply_chat_template(messages[1:], tokenize=False).startswith(
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
     )
 
 
-def test_cached_and_deterministic(tiny_dir: Path, tmp_path: Path) -> None:
-    weights = tiny_dir / "model.safetensors"
-    stamp = weights.stat().st_mtime_ns
-    start = time.perf_counter()
-    assert build_tiny_omni(tiny_dir, seed=0) == tiny_dir
-    assert time.perf_counter() - start < 0.5
-    assert weights.stat().st_mtime_ns == stamp  # nothing rewritten
+class _Rebuilt(Exception):
+    """Raised by the builder functions that a cache hit must never reach."""
+
+
+def test_cached_and_deterministic(tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import engine.tiny_models as tiny_models
+
+    before = {path.name: path.stat().st_mtime_ns for path in tiny_dir.iterdir()}
+    siblings = sorted(tiny_dir.parent.iterdir())
+
+    def rebuilt(*args: object, **kwargs: object) -> None:
+        raise _Rebuilt
+
+    with monkeypatch.context() as patch:
+        for name in ("_build", "build_tiny_tokenizer", "save_seeded_model", "_save_processor", "_publish"):
+            patch.setattr(tiny_models, name, rebuilt)
+        assert build_tiny_omni(tiny_dir, seed=0) == tiny_dir  # a hit: none of the builders runs
+        with pytest.raises(_Rebuilt):  # while a miss does reach them
+            build_tiny_omni(tmp_path / "miss", seed=0)
+    assert {path.name: path.stat().st_mtime_ns for path in tiny_dir.iterdir()} == before  # nothing rewritten
+    assert sorted(tiny_dir.parent.iterdir()) == siblings  # no staging folder either
     assert json.loads((tiny_dir / MARKER_FILE).read_text())["seed"] == 0
 
+    weights = tiny_dir / "model.safetensors"
     again = build_tiny_omni(tmp_path / "again", seed=0)
     reference = load_file(weights)
-    rebuilt = load_file(again / "model.safetensors")
-    assert reference.keys() == rebuilt.keys()
-    assert all(torch.equal(reference[name], rebuilt[name]) for name in reference)
+    rebuilt_weights = load_file(again / "model.safetensors")
+    assert reference.keys() == rebuilt_weights.keys()
+    assert all(torch.equal(reference[name], rebuilt_weights[name]) for name in reference)
     assert (again / "tokenizer.json").read_bytes() == (tiny_dir / "tokenizer.json").read_bytes()
 
     # Other parameters replace a previous build of ours in place.
