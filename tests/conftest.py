@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import ray
 import torch
 
 from engine.demo_data import PlantedClip, generate_demo_set
@@ -38,3 +41,45 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# ---- one local Ray for the run ------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_local_ray() -> int:
+    """A 2-CPU local Ray whose metrics agent exports on a free port (returned). PYTHONPATH: actor pools unpickle
+    classes defined in test modules."""
+    port = free_port()
+    ray.init(num_cpus=2, include_dashboard=False, _metrics_export_port=port,
+             runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}})
+    return port
+
+
+def wait_until_idle(timeout: float = 60) -> None:
+    """Every CPU free again: an actor a previous module left behind would otherwise hold a CPU that this
+    module's pools wait for, until their timeout."""
+    deadline = time.monotonic() + timeout
+    while ray.available_resources().get("CPU", 0) < ray.cluster_resources().get("CPU", 0):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"Ray still busy after {timeout} s: {ray.available_resources()} of "
+                               f"{ray.cluster_resources()}")
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    """The run's local Ray: started by the first module that needs it and kept for the rest of the run (a start
+    and shutdown cost ~5 s), idle at the start of each module."""
+    if not ray.is_initialized():
+        start_local_ray()
+    wait_until_idle()
+    yield
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if ray.is_initialized():
+        ray.shutdown()

@@ -25,7 +25,8 @@ import ray
 from engine import monitoring
 from engine.backends.base import ChatResult, UsageLog
 from engine.schema import CLIP_SCHEMA, new_row, reject, rows_to_table
-from tests.jobs.helpers import REPO, free_port
+from tests.conftest import start_local_ray
+from tests.jobs.helpers import REPO
 
 OK = ChatResult(text="{}", error=None, prompt_tokens=50, completion_tokens=10, attempts=1)
 HIT = ChatResult(text="{}", error=None, prompt_tokens=50, completion_tokens=10, cached=True)
@@ -97,8 +98,7 @@ def test_usage_delta_between_cumulative_snapshots():
 
 
 def test_recorders_are_cheap_noops_without_ray(monkeypatch):
-    if ray.is_initialized():
-        pytest.skip("a Ray from another test is still connected in this process")
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # whether or not a Ray of another test is up
 
     def never(spec):
         raise AssertionError(f"metric {spec.name} created without Ray")
@@ -128,12 +128,10 @@ def test_the_grafana_dashboard_shows_every_metric_and_only_those():
 # -- through a local Ray's metrics agent --------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def metrics_port():
-    if ray.is_initialized():
-        pytest.skip("a Ray from another test is still connected in this process")
-    port = free_port()
-    # PYTHONPATH: the actor pool unpickles RecordingStage from this test module.
-    ray.init(num_cpus=2, include_dashboard=False, _metrics_export_port=port,
-             runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}})
+    """A Ray of this module's own (the run's shared one is stopped first): the counters below are absolute, so
+    they must start at zero. Later modules start the shared one again (tests/conftest.py::local_ray)."""
+    ray.shutdown()
+    port = start_local_ray()
     yield port
     ray.shutdown()
 

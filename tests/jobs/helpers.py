@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from tests.conftest import free_port  # noqa: F401  (re-exported for the job tests)
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD = [sys.executable, str(REPO / "jobs" / "build_saber.py"),
@@ -35,12 +36,6 @@ def start_build(*args: str, log: Path, env: dict[str, str] | None = None) -> sub
 def kill_group(proc: subprocess.Popen) -> None:
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for(predicate, timeout: float, every: float = 0.2) -> bool:

@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import ray
 
 from engine.annotation import parse_annotation
 from engine.schema import clip_id_for
 from engine.sed import SED_SCHEMA, sed_record
 from engine.tiny_models import build_tiny_omni
 from tests.conftest import CACHE
-
-
-@pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    """A 2-CPU local Ray for one test module (shut down after it, so modules that start their own can)."""
-    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True,
-             runtime_env={"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}})
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -203,6 +203,11 @@ def test_avem_dpo_trains_with_every_term(local_ray, tiny_omni, preference_table,
     assert rows[0]["pmp"] == pytest.approx(LN2, abs=1e-5)  # policy == reference on both inputs at step 1
     assert rows[0]["erp_tpd"] != pytest.approx(LN2, abs=1e-3)  # TPD shifts it by the text prior's gap
     assert rows[-1]["pmp"] != pytest.approx(LN2, abs=1e-4)  # the swapped-input term trains too
+    # LoRA merged on save (the SFT recipe's save_final): a plain thinker that differs from the base in the LM
+    # layers only.
     model = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(summary["final_model"])
     assert not any("lora" in n for n in model.state_dict())
+    base = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(tiny_omni).state_dict()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, base[n])}
+    assert changed and all("language_model.layers" in n for n in changed)
     print("avem rows", [{k: round(r[k], 4) for k in ("loss", "erp_tpd", "pmp", "margin", "accuracy")} for r in rows])
