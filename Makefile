@@ -45,8 +45,11 @@ demo: install
 demo-sft: demo
 	$(PY) jobs/train_sed.py --config jobs/configs/sft_demo.yaml data.sed=$(DEMO_OUT)/sed
 
+# Two workers (pytest-xdist): on 2 cores the end-to-end tests spend much of their time waiting for processes,
+# Ray actors and loopback servers, which the other worker fills.
+PYTEST := -m pytest -q -p no:cacheprovider -n 2 --dist load --maxschedchunk 1 --durations=15
 test: install
-	$(PY) -m pytest -q -p no:cacheprovider --durations=15
+	$(PY) $(PYTEST)
 
 # The lock from pyproject.toml's ranges, keeping the pinned versions that still satisfy them (after adding or
 # changing a dependency). `make lock-upgrade` takes the newest allowed versions instead; run `make test` on it
@@ -69,7 +72,7 @@ test-latest: system-deps
 	$(LATEST)/bin/pip install -q --upgrade $$(python3 .ci/versions.py ranges torch torchvision)
 	$(LATEST)/bin/pip install -q --upgrade --upgrade-strategy eager --no-build-isolation -e '.[dev]'
 	$(LATEST)/bin/python .ci/versions.py drift $(LOCK)
-	$(LATEST)/bin/python -m pytest -q -p no:cacheprovider --durations=15
+	SABER_UNLOCKED=1 $(LATEST)/bin/python $(PYTEST)
 
 lint: install
 	$(VENV)/bin/ruff check engine train jobs tests

@@ -56,7 +56,7 @@ def drift(lock: Path) -> list[str]:
 
 def main(argv: list[str]) -> None:
     if len(argv) >= 2 and argv[0] == "ranges":
-        print(" ".join(f"'{req}'" for req in ranges(argv[1:])))
+        print(" ".join(ranges(argv[1:])))  # one word each: no spaces in a requirement string
     elif len(argv) == 2 and argv[0] == "drift":
         lines = drift(Path(argv[1]))
         print("\n".join(lines) if lines else "installed versions equal the lock")

@@ -2,7 +2,10 @@
 
 A part file appears whole or not at all (local: write to a temporary name, then rename; S3: one PUT), so
 the set of clip ids in readable part files is exactly the set of finished clips. A rerun reads those ids
-and skips them; part files a killed run left unreadable are removed and their clips done again.
+and skips them. Resume never deletes: a read that fails for a reason of the storage (throttling, a timeout, a
+dropped connection) is retried, and raises if it keeps failing, so the rerun stops with nothing lost; a part
+whose bytes are not Parquet (not ours, or cut short) and a temporary file of an interrupted write are moved to
+OUT/quarantine/ with a log line, and their clips are done again.
 """
 
 from __future__ import annotations
@@ -24,12 +27,20 @@ from engine.schema import CLIP_SCHEMA
 log = logging.getLogger(__name__)
 
 PART_PREFIX = "part-"
+QUARANTINE_DIR = "quarantine"
+READ_ATTEMPTS = 4  # a part read that fails this often for a storage reason stops the rerun
+READ_BACKOFF_S = 0.5  # doubled after each failed attempt
+
+
+class StorageUnavailable(OSError):
+    """A read kept failing for a reason of the storage: a fault of the world, retried by the next run."""
 
 
 class ClipTableWriter:
     def __init__(self, output: str, flush_rows: int = 64, flush_seconds: float = 15.0,
                  run_id: str | None = None) -> None:
         self.dir = storage.join(output, "clips")
+        self.quarantine = storage.strip_protocol(storage.join(output, QUARANTINE_DIR, "clips"))
         self.fs = storage.filesystem(self.dir)
         self.path = storage.strip_protocol(self.dir)
         self.fs.makedirs(self.path, exist_ok=True)
@@ -47,17 +58,16 @@ class ClipTableWriter:
         return _list(self.fs, self.path, PART_PREFIX, ".parquet")
 
     def finished_ids(self) -> set[str]:
-        """Clip ids already written by earlier runs; removes unreadable parts and stray temporaries."""
+        """Clip ids already written by earlier runs; what a killed run left unusable is set aside, not deleted."""
         for stray in _list(self.fs, self.path, PART_PREFIX, ".tmp"):
-            self.fs.rm(stray)
+            set_aside(self.fs, stray, self.quarantine, "the temporary file of an interrupted write")
         ids: set[str] = set()
         for part in self.part_files():
+            data = read_with_retries(self.fs, part)
             try:
-                with self.fs.open(part, "rb") as handle:
-                    column = pq.read_table(io.BytesIO(handle.read()), columns=["clip_id"]).column(0)
-            except (pa.ArrowInvalid, OSError) as err:
-                log.warning("removing unreadable part %s left by an interrupted run: %s", part, err)
-                self.fs.rm(part)
+                column = pq.read_table(io.BytesIO(data), columns=["clip_id"]).column(0)
+            except (pa.ArrowInvalid, OSError) as err:  # parsing bytes in memory: the content itself is bad
+                set_aside(self.fs, part, self.quarantine, f"not a readable clips part ({err})")
                 continue
             ids.update(column.to_pylist())
         self._written_ids |= ids
@@ -106,6 +116,38 @@ def _list(fs: fsspec.AbstractFileSystem, path: str, prefix: str, suffix: str) ->
     except FileNotFoundError:
         return []
     return sorted(p for p in names if p.rsplit("/", 1)[-1].startswith(prefix) and p.endswith(suffix))
+
+
+def read_with_retries(fs: fsspec.AbstractFileSystem, path: str, attempts: int = READ_ATTEMPTS,
+                      backoff_s: float = READ_BACKOFF_S) -> bytes:
+    """The whole file. Storage errors (s3fs raises OSError for SlowDown, 503s and timeouts) are retried with
+    backoff; after `attempts` they raise StorageUnavailable. A missing file raises FileNotFoundError at once."""
+    for attempt in range(1, attempts + 1):
+        try:
+            with fs.open(path, "rb") as handle:
+                return handle.read()
+        except FileNotFoundError:
+            raise
+        except OSError as err:
+            if attempt == attempts:
+                raise StorageUnavailable(f"reading {path} failed {attempts} times, last: {err!r}; nothing was "
+                                         "changed, run again when the storage answers") from err
+            log.warning("reading %s failed (attempt %d of %d), retrying: %r", path, attempt, attempts, err)
+            time.sleep(backoff_s * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")
+
+
+def set_aside(fs: fsspec.AbstractFileSystem, path: str, quarantine: str, why: str) -> str:
+    """Moves a file that resume cannot use into `quarantine` (a person decides what to do with it) and says so.
+    A name already there gets a numbered suffix: nothing set aside earlier is overwritten."""
+    fs.makedirs(quarantine, exist_ok=True)
+    name = path.rsplit("/", 1)[-1]
+    target, n = f"{quarantine}/{name}", 1
+    while fs.exists(target):
+        target, n = f"{quarantine}/{name}.{n}", n + 1
+    fs.mv(path, target)
+    log.warning("moved %s to %s: %s", path, target, why)
+    return target
 
 
 def write_parquet_whole(directory: str, name: str, table: pa.Table) -> None:

@@ -1,11 +1,13 @@
 import json
+from collections import Counter
 
 import pyarrow as pa
 import pytest
+from fsspec.implementations.local import LocalFileSystem
 
 from engine.report import build_report, write_report
 from engine.schema import CLIP_SCHEMA, new_row, reject
-from engine.writer import ClipTableWriter, read_clip_table
+from engine.writer import ClipTableWriter, StorageUnavailable, read_clip_table
 
 
 def _table(ids, status="kept"):
@@ -30,15 +32,54 @@ def test_parts_flush_by_rows_and_resume_sees_them(tmp_path):
     assert ClipTableWriter(str(tmp_path)).finished_ids() == {"a", "b", "c"}
 
 
-def test_unreadable_part_and_temporaries_are_removed_on_resume(tmp_path):
+def test_unreadable_part_and_temporaries_are_set_aside_on_resume_never_deleted(tmp_path):
     writer = ClipTableWriter(str(tmp_path), flush_rows=1)
     writer.add(_table(["a"]))
     clips = tmp_path / "clips"
     (clips / "part-dead-00000.parquet").write_bytes(b"PAR1 truncated")
     (clips / "part-dead-00001.parquet.tmp").write_bytes(b"partial")
+    (tmp_path / "quarantine" / "clips").mkdir(parents=True)
+    (tmp_path / "quarantine" / "clips" / "part-dead-00000.parquet").write_bytes(b"set aside by an earlier run")
     again = ClipTableWriter(str(tmp_path))
     assert again.finished_ids() == {"a"}
     assert sorted(p.name for p in clips.iterdir()) == [next(iter(again.part_files())).rsplit("/", 1)[-1]]
+    aside = {p.name: p.read_bytes() for p in (tmp_path / "quarantine" / "clips").iterdir()}
+    assert aside == {"part-dead-00000.parquet": b"set aside by an earlier run",  # not overwritten
+                     "part-dead-00000.parquet.1": b"PAR1 truncated", "part-dead-00001.parquet.tmp": b"partial"}
+
+
+class FlakyFileSystem(LocalFileSystem):
+    """Local files behind a storage that answers SlowDown (s3fs raises OSError) to the first `fails` opens of
+    each path, or to every open when fails is None."""
+
+    def __init__(self, fails: int | None):
+        super().__init__()
+        self.fails, self.opens = fails, Counter()
+
+    def _open(self, path, mode="rb", **kwargs):
+        self.opens[path] += 1
+        if "r" in mode and (self.fails is None or self.opens[path] <= self.fails):
+            raise OSError("SlowDown: Please reduce your request rate")
+        return super()._open(path, mode=mode, **kwargs)
+
+
+@pytest.mark.parametrize("fails", [3, None])
+def test_a_throttled_part_read_is_retried_then_stops_the_run_without_touching_anything(tmp_path, monkeypatch, fails):
+    writer = ClipTableWriter(str(tmp_path), flush_rows=1)
+    writer.add(_table(["a"]))
+    writer.add(_table(["b"]))
+    before = sorted((p.name, p.read_bytes()) for p in (tmp_path / "clips").iterdir())
+    monkeypatch.setattr("engine.writer.READ_BACKOFF_S", 0.001)
+    again = ClipTableWriter(str(tmp_path))
+    again.fs = FlakyFileSystem(fails)
+    if fails is None:
+        with pytest.raises(StorageUnavailable, match="failed 4 times"):
+            again.finished_ids()
+    else:  # 3 SlowDowns per part, then an answer: within the 4 attempts
+        assert again.finished_ids() == {"a", "b"}
+        assert sorted(again.fs.opens.values()) == [4, 4]
+    assert sorted((p.name, p.read_bytes()) for p in (tmp_path / "clips").iterdir()) == before
+    assert not (tmp_path / "quarantine").exists()
 
 
 def test_duplicates_are_never_written_twice(tmp_path):

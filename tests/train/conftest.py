@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from engine.annotation import parse_annotation
 from engine.schema import clip_id_for
@@ -35,3 +37,26 @@ def sed_records(asr_set, tmp_path_factory) -> Path:
     out.mkdir()
     pq.write_table(pa.Table.from_pylist(rows, schema=SED_SCHEMA), out / "part-00000.parquet")
     return out
+
+
+@dataclass
+class ReallocationSpy:
+    calls: int = 0  # reallocate() calls: one per layer per forward while AR is on
+    changed: int = 0  # calls that moved some attention weight
+
+
+@pytest.fixture
+def reallocation_spy(monkeypatch) -> ReallocationSpy:
+    """Counts attention reallocation's work: a flag that switches AR on but leaves it idle shows as 0 changes."""
+    from train.mosear import realloc
+
+    spy, original = ReallocationSpy(), realloc.reallocate
+
+    def spying(weights, audio_mask, visual_mask, tau=1.0):
+        out = original(weights, audio_mask, visual_mask, tau)
+        spy.calls += 1
+        spy.changed += int(not torch.equal(out, weights))
+        return out
+
+    monkeypatch.setattr(realloc, "reallocate", spying)
+    return spy

@@ -28,11 +28,20 @@ def test_samples_are_distinct_reproducible_and_seeded_per_clip(generator, asr_se
         GenerationConfig(num_samples=2, temperature=0.0)
 
 
-def test_attention_reallocation_flag_runs_and_restores_eager(generator, asr_set):
+def test_attention_reallocation_flag_reallocates_every_step_and_restores_eager(generator, asr_set, reallocation_spy):
     folder, _ = asr_set
     record = {"clip_id": "c1", "source_uri": str(folder / "good_001.mp4"), "lang": "en"}
     greedy = GenerationConfig(max_new_tokens=12)
     plain = generator.generate(record, greedy)
-    with_ar = generator.generate(record, greedy.model_copy(update={"attention_reallocation": True}))
+    assert reallocation_spy.calls == 0
+    # A low threshold flags every layer whose audio mass is above 1/1000 of its visual mass: with audio and
+    # video in the prompt, some head of each layer is above its layer's ratio and must be moved.
+    with_ar = generator.generate(record, greedy.model_copy(update={"attention_reallocation": True,
+                                                                   "reallocation_tau": 1e-3}))
+    layers = len(generator.model.model.language_model.layers)
+    assert reallocation_spy.calls >= layers and reallocation_spy.calls % layers == 0  # each layer, each step
+    assert reallocation_spy.changed == reallocation_spy.calls
+    calls = reallocation_spy.calls
     assert len(with_ar) == 1 and generator.generate(record, greedy) == plain
+    assert reallocation_spy.calls == calls  # off again
     assert generator.model.model.language_model.config._attn_implementation == "eager"  # restored after AR

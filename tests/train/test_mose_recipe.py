@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_mose_trains_only_experts_and_generates_with_reallocation(local_ray, tiny_omni, sed_records, tmp_path,
-                                                                  one_torch_thread):
+                                                                  one_torch_thread, reallocation_spy):
     config = load_config(SftConfig, "jobs/configs/sft_demo.yaml", [
         f"model.path={tiny_omni}", f"data.sed={sed_records}", f"storage_path={tmp_path}", "data.limit=8",
         "name=mose", "report_every=20", "optim.max_steps=12", "checkpoint_every=12", "distributed.zero_stage=2",
@@ -43,8 +43,11 @@ def test_mose_trains_only_experts_and_generates_with_reallocation(local_ray, tin
     generator = ThinkerGenerator(final, DataConfig(max_pixels=3136, max_frames=4), attn_implementation="eager")
     assert any(".mose." in n for n, _ in generator.model.named_parameters())  # experts attached on load
     record = {"clip_id": "c", "source_uri": pq.read_table(sed_records).column("source_uri")[0].as_py()}
-    answer = generator.generate(record, GenerationConfig(max_new_tokens=8, attention_reallocation=True))
+    answer = generator.generate(record, GenerationConfig(max_new_tokens=8, attention_reallocation=True,
+                                                         reallocation_tau=1e-3))
     assert len(answer) == 1
+    # Every decoding step of both layers reallocated (a low threshold flags each layer; see test_generation).
+    assert reallocation_spy.calls >= 2 and reallocation_spy.changed == reallocation_spy.calls
     print(f"mose: loss {first:.3f} -> {last:.3f} (mean of 3 steps) in 12 steps, {len(experts)} expert tensors")
 
 

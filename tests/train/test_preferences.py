@@ -444,6 +444,9 @@ def test_ledger_part_commits_and_an_interrupted_batch_is_redone(tmp_path):
     assert again.finished(2) == {"q1", "q2"} and again.finished(3) == set()
     assert sorted(p.name for p in (tmp_path / "preferences").iterdir()) == ["part-r1-00000.parquet"]
     assert not list((tmp_path / "queries").glob("*.tmp"))
+    # Set aside, never deleted: the uncommitted pairs part and the half-written ledger part.
+    assert sorted(p.name for p in (tmp_path / "quarantine").iterdir()) == [
+        "part-r1-00001.parquet", "part-r2-00000.parquet.tmp"]
     again.add(pa.Table.from_pylist(queries, schema=QUERY_SCHEMA))  # the plan only sends q3; q1 q2 are ignored
     again.flush()
     pairs = read_preferences(str(tmp_path), 2).to_pylist()

@@ -33,7 +33,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from engine import storage  # noqa: E402
 from engine.config import dump_config  # noqa: E402
 from engine.pipeline import pool_map, table_blocks  # noqa: E402
-from engine.writer import PART_PREFIX, read_parts, write_parquet_whole  # noqa: E402
+from engine.writer import PART_PREFIX, QUARANTINE_DIR, read_parts, set_aside, write_parquet_whole  # noqa: E402
 from train.modeling import resolve_model_path  # noqa: E402
 from train.preferences.avem_data import AvemBatch, assign_swaps, writer_stage  # noqa: E402
 from train.preferences.config import PreferenceConfig  # noqa: E402
@@ -109,6 +109,7 @@ class PreferenceWriter:
 
     def __init__(self, output: str, pairing: str, flush_queries: int, run_id: str) -> None:
         self.ledger_dir, self.pairs_dir = storage.join(output, LEDGER_DIR), storage.join(output, PAIRS_DIR)
+        self.quarantine = storage.strip_protocol(storage.join(output, QUARANTINE_DIR))
         self.pairing, self.flush_queries, self.run_id = pairing, flush_queries, run_id
         self._pending: list[dict[str, Any]] = []
         self._seen: set[str] = set()
@@ -121,10 +122,9 @@ class PreferenceWriter:
         ledger = _parts(fs, self.ledger_dir)
         for name, path in _parts(fs, self.pairs_dir, suffix=(".parquet", ".tmp")).items():
             if name not in ledger:
-                log.warning("removing %s: its ledger part was never written (interrupted run)", path)
-                fs.rm(path)
+                set_aside(fs, path, self.quarantine, "its ledger part was never written (interrupted run)")
         for stray in _parts(fs, self.ledger_dir, suffix=(".tmp",)).values():
-            fs.rm(stray)
+            set_aside(fs, stray, self.quarantine, "the temporary file of an interrupted write")
         table = read_parts(self.ledger_dir, LEDGER_SCHEMA, columns=["clip_id", "round"])
         done = table.filter(pc.equal(table.column("round"), round_)).column("clip_id").to_pylist()
         self._seen |= set(done)
