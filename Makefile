@@ -46,8 +46,9 @@ demo-sft: demo
 	$(PY) jobs/train_sed.py --config jobs/configs/sft_demo.yaml data.sed=$(DEMO_OUT)/sed
 
 # Two workers (pytest-xdist): on 2 cores the end-to-end tests spend much of their time waiting for processes,
-# Ray actors and loopback servers, which the other worker fills.
-PYTEST := -m pytest -q -p no:cacheprovider -n 2 --dist load --maxschedchunk 1 --durations=15
+# Ray actors and loopback servers, which the other worker fills. loadgroup keeps the Ray Train tests on one worker
+# (tests/conftest.py::RAY_TRAIN) and hands out every other test one by one, slow ones first.
+PYTEST := -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup --durations=15
 test: install
 	$(PY) $(PYTEST)
 

@@ -119,9 +119,10 @@ def _list(fs: fsspec.AbstractFileSystem, path: str, prefix: str, suffix: str) ->
 
 
 def read_with_retries(fs: fsspec.AbstractFileSystem, path: str, attempts: int = READ_ATTEMPTS,
-                      backoff_s: float = READ_BACKOFF_S) -> bytes:
+                      backoff_s: float | None = None) -> bytes:
     """The whole file. Storage errors (s3fs raises OSError for SlowDown, 503s and timeouts) are retried with
     backoff; after `attempts` they raise StorageUnavailable. A missing file raises FileNotFoundError at once."""
+    backoff_s = READ_BACKOFF_S if backoff_s is None else backoff_s
     for attempt in range(1, attempts + 1):
         try:
             with fs.open(path, "rb") as handle:

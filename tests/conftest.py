@@ -43,6 +43,12 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
+# Ray Train end-to-end tests share one pytest-xdist worker (make test runs --dist loadgroup): their 2 DeepSpeed
+# workers wait on each other in gloo collectives, and two such runs at once on 2 cores were seen to take several
+# times as long as the two one after the other.
+RAY_TRAIN = pytest.mark.xdist_group("ray_train")
+
+
 # ---- one local Ray for the run ------------------------------------------------------------------------------
 def free_port() -> int:
     with socket.socket() as sock:
@@ -81,9 +87,9 @@ def local_ray() -> Iterator[None]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """End-to-end (slow) tests first: `make test` hands tests to 2 workers in this order, one at a time
-    (--maxschedchunk 1), so the long ones start early and are shared out, and the many short ones fill the gaps
-    at the end instead of one long test finishing alone."""
+    """End-to-end (slow) tests first: `make test` hands tests (or a whole xdist_group) to 2 workers in this order,
+    so the long ones start early and are shared out, and the many short ones fill the gaps at the end instead of
+    one long test finishing alone."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 

@@ -10,12 +10,7 @@ import io
 import json
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from engine import storage  # noqa: E402
+from engine import storage
 
 
 class MetricsLog:
@@ -42,6 +37,11 @@ class MetricsLog:
 
     def plot(self, title: str, keys: tuple[str, ...] = ("loss",)) -> None:
         """A PNG next to the JSONL: each key against the optimizer step."""
+        import matplotlib  # here, not at the top: every training worker imports this module, only the driver plots
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
         fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.6), squeeze=False)
         for ax, key in zip(axes[0], keys, strict=True):
             points = [(r["step"], r[key]) for r in self.rows if key in r]

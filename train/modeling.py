@@ -6,8 +6,6 @@ import logging
 from pathlib import Path
 
 import torch
-from peft import LoraConfig as PeftLoraConfig
-from peft import get_peft_model
 
 from train.config import LoraConfig, ModelConfig
 
@@ -56,6 +54,12 @@ def submodule(model: torch.nn.Module, name: str) -> torch.nn.Module:
 
 def apply_lora(model: torch.nn.Module, config: LoraConfig) -> torch.nn.Module:
     """LoRA on the language model's linear layers; everything else, encoders included, stays frozen."""
+    # Imported here, not at the top: importing peft takes ~9 s on 2 cores (it loads many transformers model
+    # classes), and every Ray process that imports this module (train controller, workers, preprocessing and
+    # reference actors) would pay it, LoRA or not.
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
     peft_config = PeftLoraConfig(r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout,
                                  target_modules=config.target_modules, task_type="CAUSAL_LM")
     model = get_peft_model(model, peft_config)

@@ -24,16 +24,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import groupby
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
-import torch
-import transformers
 from pydantic import Field, model_validator
 
 from engine.backends.base import ChatRequest, ChatResult, UsageLog
 from engine.backends.media_parts import MediaPartError, decode_audio, decode_frames, is_audio_part, is_image_part
 from engine.config_base import ConfigSection
+
+# torch and transformers are imported where a model is loaded or run, not here: engine.config imports this module
+# for LocalBackendConfig, and every media task, driver and API-stage actor imports the config (~3 s each on 2 cores).
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 _Media = TypeVar("_Media")
@@ -248,6 +251,8 @@ class TransformersChatBackend:
         if temperature > 0:
             # Plain temperature sampling: real checkpoints ship top_p/top_k in generation_config.json.
             sampling = {"do_sample": True, "temperature": float(temperature), "top_p": 1.0, "top_k": 0}
+        import torch
+
         with torch.inference_mode():
             output = self.model.generate(**inputs, max_new_tokens=max_tokens, **sampling)
         # Left padding: every prompt ends at the same column, so the new tokens are all that follows it.
@@ -320,6 +325,8 @@ def _media_kwargs(chunk: list[_Prompt], config: LocalBackendConfig) -> dict[str,
 
 
 def _device(choice: str) -> torch.device:
+    import torch
+
     if choice == "cuda" and not torch.cuda.is_available():
         raise ValueError("device: 'cuda' was asked for but no GPU is visible (use 'auto' or 'cpu')")
     if choice == "auto":
@@ -328,12 +335,16 @@ def _device(choice: str) -> torch.device:
 
 
 def _dtype(choice: str, device: torch.device) -> torch.dtype:
+    import torch
+
     if choice == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[choice]
 
 
 def _load(config: LocalBackendConfig, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
+    import transformers
+
     path = resolve_model_path(config.model)
     model_class, processor_class = {
         "qwen2_5_vl": (transformers.Qwen2_5_VLForConditionalGeneration, transformers.AutoProcessor),

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from engine.config_base import load_config
+from tests.conftest import RAY_TRAIN
 from tests.engine.fake_openai import FakeOpenAI
 from tests.train.test_build_preferences_job import Scripted, config_for, engine_output
 from train.ca_dpo import RoundsConfig, round_configs, run_rounds
@@ -39,6 +40,7 @@ def test_round_two_samples_from_round_ones_policy_and_keeps_the_sft_reference(tm
 
 
 @pytest.mark.slow
+@RAY_TRAIN
 def test_sample_judge_pair_train_raises_the_margin_and_resumes(local_ray, tiny_omni, sed_records, tmp_path):
     engine, _, _ = engine_output(sed_records, tmp_path)
     script = Scripted({})  # every response scored from a hash of its text, no faults

@@ -12,11 +12,12 @@ from safetensors.torch import load_file
 from transformers import Qwen2_5OmniThinkerForConditionalGeneration
 
 from engine.config import ConfigError, load_config
+from tests.conftest import RAY_TRAIN
 from train.config import DataConfig, SftConfig
 from train.generation import GenerationConfig, ThinkerGenerator
 from train.recipes.sft import run
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, RAY_TRAIN]
 
 
 def test_mose_trains_only_experts_and_generates_with_reallocation(local_ray, tiny_omni, sed_records, tmp_path,

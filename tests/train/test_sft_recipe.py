@@ -12,10 +12,11 @@ import torch
 from transformers import AutoProcessor, Qwen2_5OmniThinkerForConditionalGeneration
 
 from engine.config import load_config
+from tests.conftest import RAY_TRAIN
 from train.config import SftConfig
 from train.recipes.sft import run
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, RAY_TRAIN]
 
 
 def _config(tiny_omni, sed_records, storage, *overrides):
