@@ -22,12 +22,22 @@ def test_bad_config_exits_2_naming_every_field(tmp_path):
     assert "asr.max_wer" in done.stderr and "media.fps" in done.stderr
 
 
-def test_sigkill_midway_then_rerun_gives_every_input_once_with_its_planted_verdict(small_set, tmp_path):
+def test_sigkill_midway_then_rerun_gives_every_input_once_with_its_planted_verdict(asr_set, small_set, tmp_path):
     """A build killed (SIGKILL, driver and its Ray) midway, then run again: every input has exactly one row with
     the verdict planted in it, nothing finished before the kill is processed again, and a third run has nothing
     left to do."""
-    folder, clips = small_set  # 6 speech clips (2 with wrong transcripts) and 11 planted bad files
-    expected = {clip.name: clip for clip in clips}
+    # Both generated sets (41 clips) under one input folder, as links: the 17 of the small set alone were seen to
+    # finish before the kill landed on a busy machine.
+    folder = tmp_path / "in"
+    folder.mkdir()
+    expected = {}
+    for source_folder, clips in (asr_set, small_set):
+        for clip in clips:
+            expected[f"{source_folder.name}_{clip.name}"] = clip
+            for suffix in (".mp4", ".json"):
+                src = (source_folder / clip.name).with_suffix(suffix)
+                if src.exists():
+                    (folder / f"{source_folder.name}_{src.name}").symlink_to(src)
     total = len(expected)
     out = tmp_path / "out"
     clips_dir = out / "clips"
