@@ -48,7 +48,7 @@ demo-sft: demo
 # Two workers (pytest-xdist): on 2 cores the end-to-end tests spend much of their time waiting for processes,
 # Ray actors and loopback servers, which the other worker fills. loadgroup keeps the Ray Train tests on one worker
 # (tests/conftest.py::RAY_TRAIN) and hands out every other test one by one, slow ones first.
-PYTEST := -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup --durations=15
+PYTEST := -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup --durations=25
 test: install
 	$(PY) $(PYTEST)
 
