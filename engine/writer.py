@@ -174,8 +174,7 @@ def read_parts(directory: str, schema: pa.Schema, columns: Iterable[str] | None 
     cols = list(columns) if columns else None
     tables = []
     for part in _list(fs, storage.strip_protocol(directory), PART_PREFIX, ".parquet"):
-        with fs.open(part, "rb") as handle:
-            tables.append(pq.read_table(io.BytesIO(handle.read()), columns=cols))
+        tables.append(pq.read_table(io.BytesIO(read_with_retries(fs, part)), columns=cols))
     if not tables:
         empty = schema.empty_table()
         return empty if cols is None else empty.select(cols)

@@ -52,6 +52,8 @@ class FlakyFileSystem(LocalFileSystem):
     """Local files behind a storage that answers SlowDown (s3fs raises OSError) to the first `fails` opens of
     each path, or to every open when fails is None."""
 
+    cachable = False  # a fresh instance (and open count) every time, not fsspec's cached one
+
     def __init__(self, fails: int | None):
         super().__init__()
         self.fails, self.opens = fails, Counter()
@@ -80,6 +82,15 @@ def test_a_throttled_part_read_is_retried_then_stops_the_run_without_touching_an
         assert sorted(again.fs.opens.values()) == [4, 4]
     assert sorted((p.name, p.read_bytes()) for p in (tmp_path / "clips").iterdir()) == before
     assert not (tmp_path / "quarantine").exists()
+    # The shared part reader (clips/, relations/, the preference ledger, evaluation) retries the same way.
+    shared = FlakyFileSystem(fails)
+    monkeypatch.setattr("engine.writer.storage.filesystem", lambda _: shared)
+    if fails is None:
+        with pytest.raises(StorageUnavailable):
+            read_clip_table(str(tmp_path))
+    else:
+        assert sorted(read_clip_table(str(tmp_path)).column("clip_id").to_pylist()) == ["a", "b"]
+        assert sorted(shared.opens.values()) == [4, 4]
 
 
 def test_duplicates_are_never_written_twice(tmp_path):
