@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 
 from engine import holdout, monitoring, storage
 from engine.config import EngineConfig, dump_config
+from engine.failures import RETRYABLE
 from engine.pipeline import build_plan, funnel_stages, minimum_resources, relation_plan
 from engine.report import build_report, write_report
 from engine.sources import list_source
@@ -32,12 +33,14 @@ class Progress:
     started: float = field(default_factory=time.monotonic)
     done: int = 0
     kept: int = 0
+    retry: int = 0  # failed for a reason of the world (engine.failures): the next run does them again
     media_seconds: float = 0.0
     _last: float = 0.0
 
     def update(self, batch: pa.Table) -> None:
         self.done += batch.num_rows
         self.kept += pc.sum(pc.equal(batch.column("status"), "kept")).as_py() or 0
+        self.retry += pc.sum(pc.equal(batch.column("failure"), RETRYABLE)).as_py() or 0
         self.media_seconds += pc.sum(batch.column("duration_s")).as_py() or 0.0
         if time.monotonic() - self._last >= self.every:
             self._last = time.monotonic()
@@ -48,7 +51,9 @@ class Progress:
         return max(time.monotonic() - self.started, 1e-9)
 
     def line(self) -> str:
-        return (f"[build_saber] {self.done}/{self.total} clips, kept {self.kept}, rejected {self.done - self.kept}, "
+        rejected = self.done - self.kept - self.retry
+        return (f"[build_saber] {self.done}/{self.total} clips, kept {self.kept}, rejected {rejected}, "
+                f"to retry {self.retry}, "
                 f"{self.done / self.elapsed:.2f} clips/s, {self.media_seconds / self.elapsed:.1f} media-s/s")
 
 
@@ -86,7 +91,7 @@ def run_build(config: EngineConfig) -> dict[str, Any]:
     config = config.model_copy(update={"input": storage.absolute(config.input),
                                        "output": storage.absolute(config.output)})
     save_config(config)
-    writer = ClipTableWriter(config.output, config.flush_rows, config.flush_seconds)
+    writer = ClipTableWriter(config.output, config.flush_rows, config.flush_seconds, max_attempts=config.max_attempts)
     todo, total, skipped = pending_sources(config, writer)
     log.info("[build_saber] %d inputs, %d finished by earlier runs, %d to process (run %s)",
              total, skipped, todo.num_rows, writer.run_id)
@@ -105,12 +110,17 @@ def run_build(config: EngineConfig) -> dict[str, Any]:
         "processed": progress.done,
         "skipped_already_done": skipped,
         "duplicates_dropped": writer.duplicates_dropped,
+        "retryable_failures": writer.retries_recorded,
         "seconds": round(progress.elapsed, 3),
         "clips_per_s": round(progress.done / progress.elapsed, 4),
         "media_seconds_per_s": round(progress.media_seconds / progress.elapsed, 4),
     }
     table = read_clip_table(config.output)
-    report = build_report(table, funnel_stages(config), run)
+    pending = writer.ledger.pending(table.column("clip_id").to_pylist())
+    if pending:
+        log.warning("[build_saber] %d clips failed for a reason of the world (API, storage, memory: see report.json "
+                    "`retry`) and are not finished: run the same command again to retry them", len(pending))
+    report = build_report(table, funnel_stages(config), run, pending)
     report["splits"] = write_training_splits(config, table, writer.run_id)
     write_report(config.output, report)
     return report

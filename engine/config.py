@@ -188,6 +188,9 @@ class EngineConfig(ConfigSection):
     flush_rows: int = Field(64, ge=1)
     flush_seconds: float = Field(15.0, gt=0)
     summary_seconds: float = Field(10.0, gt=0)
+    # Runs in which a clip may fail for a reason of the world (engine.failures: API outage, storage errors, out
+    # of memory, a bug) before it is recorded as `gave_up`; each earlier failure waits in attempts/clips/.
+    max_attempts: int = Field(3, ge=1)
     ray_address: str | None = None
     media: MediaConfig = MediaConfig()
     noise: NoiseConfig = NoiseConfig()

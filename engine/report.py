@@ -14,10 +14,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
 from engine import storage  # noqa: E402
+from engine.failures import GAVE_UP  # noqa: E402
+from engine.ledger import Attempts  # noqa: E402
 
 
-def build_report(table: pa.Table, stages: list[str], run: dict[str, Any]) -> dict[str, Any]:
-    """Counts over every clip of the output (all runs), plus this run's throughput figures in `run`."""
+def build_report(table: pa.Table, stages: list[str], run: dict[str, Any],
+                 pending: dict[str, Attempts] | None = None) -> dict[str, Any]:
+    """Counts over every finished clip of the output (all runs), plus this run's throughput figures in `run`.
+    `pending`: clips not finished because runs failed them for a reason of the world (engine.ledger), with
+    their last reason; `gave_up`: clips finished as rejected after too many such failures."""
     status = table.column("status").to_pylist()
     stage_col = table.column("reject_stage").to_pylist()
     reason_col = table.column("reject_reason").to_pylist()
@@ -37,8 +42,20 @@ def build_report(table: pa.Table, stages: list[str], run: dict[str, Any]) -> dic
         "rejected_by_reason": dict(by_reason.most_common()),
         "funnel": funnel,
         "kept_media_hours": round(kept_seconds / 3600, 4),
+        "retry": _retry_section(table, pending or {}),
         "run": run,
     }
+
+
+def _retry_section(table: pa.Table, pending: dict[str, Attempts]) -> dict[str, Any]:
+    failure = table.column("failure").to_pylist()
+    reasons = [f"{s}/{r}" for s, r, f in zip(table.column("reject_stage").to_pylist(),
+                                             table.column("reject_reason").to_pylist(), failure, strict=True)
+               if f == GAVE_UP]
+    return {"pending": len(pending),
+            "pending_by_reason": dict(Counter(f"{a.stage}/{a.reason}" for a in pending.values()).most_common()),
+            "pending_attempts": dict(sorted(Counter(a.count for a in pending.values()).items())),
+            "gave_up": len(reasons), "gave_up_by_reason": dict(Counter(reasons).most_common())}
 
 
 def plot_report(report: dict[str, Any]) -> bytes:

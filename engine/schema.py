@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
+from engine.failures import FINAL, RETRYABLE, FailureClass
+
 Status = Literal["kept", "rejected"]
 
 ANNOTATION_FIELDS = (
@@ -35,6 +37,10 @@ CLIP_FIELDS: list[pa.Field] = [
     pa.field("reject_stage", pa.string()),
     pa.field("reject_reason", pa.string()),
     pa.field("reject_detail", pa.string()),
+    # engine.failures: "final" or "gave_up" for a rejected clip, null for a kept one. A "retryable" failure never
+    # reaches clips/ (the clip is not finished: it waits in attempts/clips/ for the next run).
+    pa.field("failure", pa.string()),
+    pa.field("attempts", pa.int32()),  # runs that processed this clip, this one included
     # probe
     pa.field("duration_s", pa.float64()),
     pa.field("width", pa.int32()),
@@ -101,10 +107,17 @@ def new_row(source_uri: str, **values: Any) -> dict[str, Any]:
     return row
 
 
-def reject(row: dict[str, Any], stage: str, reason: str, detail: str = "") -> dict[str, Any]:
-    """Marks a row rejected; later stages pass it through untouched."""
-    row.update(status="rejected", reject_stage=stage, reject_reason=reason, reject_detail=detail[:500] or None)
+def reject(row: dict[str, Any], stage: str, reason: str, detail: str = "",
+           failure: FailureClass = FINAL) -> dict[str, Any]:
+    """Marks a row rejected; later stages pass it through untouched. `failure` (engine.failures) says whether
+    this is a verdict about the clip (final) or a fault of the world that the next run retries (retryable)."""
+    row.update(status="rejected", reject_stage=stage, reject_reason=reason, reject_detail=detail[:500] or None,
+               failure=failure)
     return row
+
+
+def is_retryable(row: dict[str, Any]) -> bool:
+    return row.get("failure") == RETRYABLE
 
 
 def is_alive(row: dict[str, Any]) -> bool:

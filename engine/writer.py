@@ -6,6 +6,10 @@ and skips them. Resume never deletes: a read that fails for a reason of the stor
 dropped connection) is retried, and raises if it keeps failing, so the rerun stops with nothing lost; a part
 whose bytes are not Parquet (not ours, or cut short) and a temporary file of an interrupted write are moved to
 OUT/quarantine/ with a log line, and their clips are done again.
+
+Only finished clips are written (kept, rejected for good, or given up): a clip that failed for a reason of the
+world (engine.failures: retryable) goes to the attempt ledger (engine.ledger, OUT/attempts/clips/) instead, so
+the next run does it again, until `max_attempts` runs have failed it and it is written as `gave_up`.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engine import storage
+from engine.failures import RETRYABLE
 from engine.schema import CLIP_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -38,7 +43,9 @@ class StorageUnavailable(OSError):
 
 class ClipTableWriter:
     def __init__(self, output: str, flush_rows: int = 64, flush_seconds: float = 15.0,
-                 run_id: str | None = None) -> None:
+                 run_id: str | None = None, max_attempts: int = 3) -> None:
+        from engine.ledger import AttemptLedger  # engine.ledger builds on this module's part reader and writer
+
         self.dir = storage.join(output, "clips")
         self.quarantine = storage.strip_protocol(storage.join(output, QUARANTINE_DIR, "clips"))
         self.fs = storage.filesystem(self.dir)
@@ -52,6 +59,8 @@ class ClipTableWriter:
         self._parts = 0
         self._written_ids: set[str] = set()
         self.duplicates_dropped = 0
+        self.ledger = AttemptLedger(output, "clips", self.run_id, max_attempts)
+        self.retries_recorded = 0  # retryable failures of this run, waiting for the next
 
     # -- resume ---------------------------------------------------------------------------------------
     def part_files(self) -> list[str]:
@@ -71,11 +80,12 @@ class ClipTableWriter:
                 continue
             ids.update(column.to_pylist())
         self._written_ids |= ids
+        self.ledger.load()
         return ids
 
     # -- writing --------------------------------------------------------------------------------------
     def add(self, table: pa.Table) -> None:
-        table = self._drop_seen(table)
+        table = self._settle(self._drop_seen(table))
         if table.num_rows:
             self._pending.append(table)
             self._pending_rows += table.num_rows
@@ -89,8 +99,25 @@ class ClipTableWriter:
         self._written_ids.update(ids)
         return table if len(keep) == len(ids) else table.take(keep)
 
+    def _settle(self, table: pa.Table) -> pa.Table:
+        """Numbers each clip's attempt; retryable failures go to the ledger (not finished) unless this was the
+        last allowed attempt, which is written as `gave_up`."""
+        rows = table.to_pylist()
+        finished = []
+        for row in rows:
+            settled = self.ledger.settle(row["clip_id"], row.get("failure"), row.get("reject_detail"))
+            row.update(attempts=settled.attempt, failure=settled.failure, reject_detail=settled.detail)
+            if settled.failure == RETRYABLE:
+                self.ledger.add(row["clip_id"], row["reject_stage"], row["reject_reason"], row["reject_detail"])
+                self._written_ids.discard(row["clip_id"])
+                self.retries_recorded += 1
+            else:
+                finished.append(row)
+        return pa.Table.from_pylist(finished, schema=table.schema)
+
     def flush(self) -> None:
         self._last_flush = time.monotonic()
+        self.ledger.flush()
         if not self._pending:
             return
         table = pa.concat_tables(self._pending)
@@ -174,11 +201,24 @@ def read_parts(directory: str, schema: pa.Schema, columns: Iterable[str] | None 
     cols = list(columns) if columns else None
     tables = []
     for part in _list(fs, storage.strip_protocol(directory), PART_PREFIX, ".parquet"):
-        tables.append(pq.read_table(io.BytesIO(read_with_retries(fs, part)), columns=cols))
+        parquet = pq.ParquetFile(io.BytesIO(read_with_retries(fs, part)))
+        present = [c for c in cols if c in parquet.schema_arrow.names] if cols else None
+        table = _conform(parquet.read(columns=present), schema)
+        tables.append(table.select(cols) if cols else table)
     if not tables:
         empty = schema.empty_table()
         return empty if cols is None else empty.select(cols)
     return pa.concat_tables(tables)
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """A part written before the schema gained a column (e.g. clips/ `failure`) reads with that column null, so
+    the parts of an older build still concatenate with new ones on resume."""
+    missing = [field for field in schema if field.name not in table.column_names]
+    for field in missing:
+        table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+    return table.select([name for name in schema.names if name in table.column_names] +
+                        [name for name in table.column_names if name not in schema.names])
 
 
 def read_clip_table(output: str, columns: Iterable[str] | None = None) -> pa.Table:

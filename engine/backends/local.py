@@ -13,8 +13,9 @@ there is one) and calls `chat()` per batch. Requests arrive in the OpenAI shape 
 Generation is batched in chunks of `batch_size` requests sharing (temperature, max_tokens), left-padded;
 greedy at temperature 0, otherwise plain temperature sampling (top_p=1, no top_k, as OpenAI's defaults).
 `json_mode` is ignored: no constrained decoding here, the caller parses and validates the text as it does
-for any backend. Per-request failures are results ("bad_media", "unsupported_media", "too_long"); anything
-else raises.
+for any backend. Per-request failures are results ("bad_media", "unsupported_media", "too_long"); a chunk
+that runs out of memory is split in halves and run again, and a single request that still does not fit is
+answered "out_of_memory" (retryable: engine.failures); anything else raises.
 """
 
 from __future__ import annotations
@@ -79,6 +80,21 @@ def resolve_model_path(model: str) -> str:
         if model.startswith(prefix):
             return str(build(Path(model[len(prefix):]).expanduser().resolve()))
     return model
+
+
+def _out_of_memory(err: RuntimeError) -> bool:
+    """torch.OutOfMemoryError (CUDA; a RuntimeError subclass) or the CPU allocator's plain RuntimeError."""
+    return type(err).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(err)
+
+
+def _free_device_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 class PerRequestError(Exception):
@@ -212,8 +228,27 @@ class TransformersChatBackend:
         if not all(fits):
             return self._without_too_long(chunk, lengths, fits)
         request = chunk[0].request  # every prompt of a chunk shares temperature and max_tokens
-        new_tokens = self._generate(inputs, request.temperature, request.max_tokens)
+        try:
+            new_tokens = self._generate(inputs, request.temperature, request.max_tokens)
+        except MemoryError as err:  # torch.OutOfMemoryError is not a MemoryError: see _out_of_memory
+            return self._split_after_oom(chunk, err)
+        except RuntimeError as err:
+            if not _out_of_memory(err):
+                raise
+            return self._split_after_oom(chunk, err)
         return [self._result(row, n) for row, n in zip(new_tokens.tolist(), lengths, strict=True)]
+
+    def _split_after_oom(self, chunk: list[_Prompt], err: BaseException) -> list[ChatResult]:
+        """Frees what the failed generate held, then runs the chunk's halves; one prompt alone that still does not
+        fit is an "out_of_memory" result (retryable: another run, a bigger device or a smaller batch may fit it)."""
+        _free_device_memory()
+        if len(chunk) == 1:
+            log.warning("local chat %s: request %d does not fit in memory alone: %s",
+                        chunk[0].request.tag or "-", chunk[0].index, err)
+            return [ChatResult(text=None, error="out_of_memory", attempts=1)]
+        log.warning("local chat: out of memory on a batch of %d, retrying in halves (%s)", len(chunk), err)
+        half = len(chunk) // 2
+        return self._run(chunk[:half]) + self._run(chunk[half:])
 
     def _isolate(self, chunk: list[_Prompt], err: ValueError) -> list[ChatResult]:
         """The processor rejected some media (e.g. an extreme aspect ratio): find which by running each alone."""

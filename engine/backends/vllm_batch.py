@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import Field
 
 from engine.config_base import ConfigSection
+from engine.failures import RETRYABLE
 from engine.schema import WORK_SCHEMA, is_alive, reject
 from engine.stages.base import Row
 
@@ -73,7 +74,9 @@ def describe_result(row: Row, model_id: str) -> Row:
         return out
     error = row.get(ERROR_COLUMN) or ""
     if error:
-        return reject(out, "describe", "model_error", f"{model_id}: {error}")
+        # vLLM's per-row errors are engine faults (a dead engine, OOM) more often than verdicts on the clip: retried
+        # by the next run, given up after the configured attempts.
+        return reject(out, "describe", "model_error", f"{model_id}: {error}", RETRYABLE)
     from engine.stages.describe import DescribeStage
 
     text = (row.get("generated_text") or "").strip()

@@ -12,6 +12,7 @@ import time
 from typing import Any, ClassVar
 
 from engine import monitoring
+from engine.failures import exception_failure
 from engine.media import MediaError
 from engine.schema import is_alive, reject
 
@@ -27,9 +28,10 @@ class StageInputError(KeyError):
 class RowStage:
     """Applies `process_row` to each live row; a bad clip becomes a rejected row, never a crash.
 
-    MediaError carries the recorded reason. Any other exception from one clip is also recorded (as
-    `internal_error` with the exception type and message, and logged with its traceback) rather than
-    raised: one corrupt clip must not take down an actor pool and, through retries, the whole job.
+    MediaError carries the recorded reason: a final verdict about the clip. Any other exception from one clip
+    is recorded too (logged with its traceback) rather than raised: one clip must not take down an actor pool
+    and, through retries, the whole job. Such an exception is no verdict about the clip (storage, memory, a
+    bug), so it is recorded as retryable (engine.failures): the clip is not finished and the next run tries it.
     """
 
     name: ClassVar[str]
@@ -56,7 +58,8 @@ class RowStage:
             reject(row, self.name, err.reason, err.detail)
         except Exception as err:  # noqa: BLE001 - recorded on the row and logged, see class docstring
             log.exception("%s stage failed on clip %s (%s)", self.name, row.get("clip_id"), row.get("source_uri"))
-            reject(row, self.name, "internal_error", f"{type(err).__name__}: {err}")
+            reason, failure = exception_failure(err)
+            reject(row, self.name, reason, f"{type(err).__name__}: {err}", failure)
 
     def process_row(self, row: Row) -> None:
         raise NotImplementedError

@@ -1,22 +1,29 @@
 """What every model-calling stage shares: one batched backend call, strict parsing, one repair re-ask.
 
 Answers that fail to parse are asked once more (all of them in a second batched call) with the parse error;
-what still fails, and every backend failure (rate limit exhausted, timeout, ...), is a recorded rejection.
+what still fails is a final rejection. A backend failure (rate limit exhausted, timeout, server down, out of
+memory) is a retryable one (engine.failures): the clip is done again by the next run, and what was answered
+before comes from the response cache. A batch call that raises (a local model running out of memory, a crashed
+client) is split in halves and retried, down to single requests, so one bad request costs only its own clip.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from typing import ClassVar
 
 from engine import monitoring
 from engine.annotation import AnnotationError
 from engine.backends.base import ChatBackend, ChatRequest, ChatResult
+from engine.failures import backend_failure, exception_failure
 from engine.media import MediaError
 from engine.prompts import REPAIR, Prompt
 from engine.schema import is_alive, reject
 from engine.stages.base import Row, RowStage, StageInputError
 from engine.verdicts import VerdictError
+
+log = logging.getLogger(__name__)
 
 FormatError = (VerdictError, AnnotationError)
 
@@ -45,19 +52,36 @@ class BatchedModelStage(RowStage):
         with monitoring.stage_timer(self.name, len(rows)):
             todo = [row for row in rows if is_alive(row) and self.wants(row)]
             requests = [self.request(row) for row in todo]
-            retry = self._answer(todo, requests, self.backend.chat(requests), final=not self.repair)
+            retry = self._answer(todo, requests, self._chat(requests), final=not self.repair)
             if retry:
                 again = [self._repair_request(req, text, error) for _, req, text, error in retry]
-                self._answer([r for r, *_ in retry], again, self.backend.chat(again), final=True)
+                self._answer([r for r, *_ in retry], again, self._chat(again), final=True)
         monitoring.record_backend_usage(self.backend)  # calls, tokens, cache hits, cost since the last batch
         return rows
+
+    def _chat(self, requests: list[ChatRequest]) -> list[ChatResult]:
+        """The backend's answers; a call that raises is split in halves and retried, and a single request that
+        still raises gets an error result named after the exception (out_of_memory, internal_error, ...)."""
+        if not requests:
+            return []
+        try:
+            return self.backend.chat(requests)
+        except Exception as err:  # noqa: BLE001 - isolated per request below, logged with its traceback
+            if len(requests) == 1:
+                log.exception("%s: one request failed in %s", self.name, self.backend.model_id)
+                return [ChatResult(text=None, error=exception_failure(err)[0])]
+            log.warning("%s: a batch of %d failed (%s: %s); retrying it in halves", self.name, len(requests),
+                        type(err).__name__, err)
+            half = len(requests) // 2
+            return self._chat(requests[:half]) + self._chat(requests[half:])
 
     def _answer(self, rows: list[Row], requests: list[ChatRequest], results: list[ChatResult],
                 final: bool) -> list[tuple[Row, ChatRequest, str, str]]:
         retry = []
         for row, request, result in zip(rows, requests, results, strict=True):
             if not result.ok:
-                reject(row, self.name, "model_error", f"{self.backend.model_id}: {result.error}")
+                reject(row, self.name, "model_error", f"{self.backend.model_id}: {result.error}",
+                       backend_failure(result.error))
                 continue
             try:
                 self.accept(row, result.text or "")
