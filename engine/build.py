@@ -127,11 +127,13 @@ def run_build(config: EngineConfig) -> dict[str, Any]:
 
 
 def judge_relations(config: EngineConfig, pending: pa.Table, run_id: str) -> None:
-    """Verdicts saved every `flush_rows`, so a run killed while judging keeps what it paid for."""
+    """Verdicts saved every `flush_rows`, so a run killed while judging keeps what it paid for. A judge call the
+    API failed is saved as retryable (judged again by the next build) or, on its last attempt, gave_up."""
+    earlier = holdout.retry_counts(holdout.read_relations(config.output))
     buffered: list[pa.Table] = []
     part = 0
     for batch in relation_plan(pending, config).iter_batches(batch_format="pyarrow", batch_size=None):
-        buffered.append(batch)
+        buffered.append(holdout.settle_relations(batch, earlier, config.max_attempts))
         if sum(t.num_rows for t in buffered) >= config.flush_rows:
             holdout.save_relations(config.output, run_id, pa.concat_tables(buffered), part)
             buffered, part = [], part + 1

@@ -20,6 +20,8 @@ import pyarrow.compute as pc
 
 from engine import storage
 from engine.exports import llama_factory_dataset_info, to_llama_factory, to_ms_swift
+from engine.failures import FINAL, GAVE_UP, RETRYABLE
+from engine.ledger import settle
 from engine.saber_test import SaberTestCandidate, select_test, split_train
 from engine.schema import ANNOTATION_FIELDS
 from engine.sed import SED_SCHEMA, sed_record
@@ -39,6 +41,9 @@ RELATION_SCHEMA = pa.schema([
     pa.field("av_reason", pa.string()),
     pa.field("fail_reason", pa.string()),
     pa.field("fail_detail", pa.string()),
+    # engine.failures for a failed verdict: final (unusable after the repair re-ask), retryable (the API failed:
+    # judged again by the next build) or gave_up (retryable max_attempts times). relations/ keeps every attempt.
+    pa.field("failure", pa.string()),
     pa.field("judge", pa.string()),
     pa.field("run_id", pa.string()),
     pa.field("judged_at", pa.timestamp("ms", tz="UTC")),
@@ -67,7 +72,8 @@ def _verdict(row: Row, judge: str) -> dict[str, Any]:
     return {"clip_id": row["clip_id"], "source_video": row["source_video"], "verdict": "ok" if ok else "failed",
             "av_relation": row["av_relation"] if ok else None, "av_intensity": row["av_intensity"] if ok else None,
             "av_reason": row["av_reason"] if ok else None, "fail_reason": None if ok else row["reject_reason"],
-            "fail_detail": None if ok else row["reject_detail"], "judge": judge, "run_id": None, "judged_at": None}
+            "fail_detail": None if ok else row["reject_detail"], "failure": None if ok else row.get("failure"),
+            "judge": judge, "run_id": None, "judged_at": None}
 
 
 def sed_candidates(clips: pa.Table) -> pa.Table:
@@ -79,17 +85,38 @@ def read_relations(output: str) -> pa.Table:
     return read_parts(storage.join(output, "relations"), RELATION_SCHEMA)
 
 
+def _finished(verdict: dict[str, Any]) -> bool:
+    """A verdict, a final failure or a given-up one. Rows of older builds have no `failure`: judged again."""
+    return verdict["verdict"] == "ok" or verdict.get("failure") in (FINAL, GAVE_UP)
+
+
 def latest_verdicts(relations: pa.Table) -> dict[str, dict[str, Any]]:
-    """One verdict per clip: the successful one if any (a clip is never judged again after it), else the
-    latest failure."""
+    """One verdict per clip: the successful one if any (a clip is never judged again after it), else a finished
+    failure, else the latest retryable one."""
     best: dict[str, dict[str, Any]] = {}
-    for row in sorted(relations.to_pylist(), key=lambda r: (r["verdict"] == "ok", r["judged_at"] or 0)):
+    for row in sorted(relations.to_pylist(), key=lambda r: (r["verdict"] == "ok", _finished(r), r["judged_at"] or 0)):
         best[row["clip_id"]] = row
     return best
 
 
+def retry_counts(relations: pa.Table) -> Counter[str]:
+    """Retryable judge failures per clip over all builds (relations/ keeps every attempt)."""
+    return Counter(r["clip_id"] for r in relations.select(["clip_id", "verdict", "failure"]).to_pylist()
+                   if r["verdict"] != "ok" and r["failure"] in (RETRYABLE, None))
+
+
+def settle_relations(table: pa.Table, earlier: Counter[str], max_attempts: int) -> pa.Table:
+    """A retryable judge failure on a clip's last allowed attempt becomes `gave_up` (engine.ledger.settle)."""
+    rows = table.to_pylist()
+    for row in rows:
+        if row["verdict"] != "ok":
+            settled = settle(earlier[row["clip_id"]], row["failure"], row["fail_detail"], max_attempts)
+            row.update(failure=settled.failure, fail_detail=settled.detail)
+    return pa.Table.from_pylist(rows, schema=RELATION_SCHEMA)
+
+
 def pending_for_judge(candidates: pa.Table, verdicts: dict[str, dict[str, Any]]) -> pa.Table:
-    done = pa.array(sorted(cid for cid, v in verdicts.items() if v["verdict"] == "ok"), pa.string())
+    done = pa.array(sorted(cid for cid, v in verdicts.items() if _finished(v)), pa.string())
     return candidates.filter(pc.invert(pc.is_in(candidates.column("clip_id"), value_set=done))).select(
         list(JUDGE_COLUMNS))
 

@@ -49,6 +49,15 @@ class Settled:
     detail: str | None
 
 
+def settle(earlier_failures: int, failure: FailureClass | None, detail: str | None, max_attempts: int) -> Settled:
+    """The rule every loop shares: after `earlier_failures` retryable failures of an item, this run's outcome
+    is attempt number earlier + 1, and a retryable failure on attempt `max_attempts` is `gave_up` (finished)."""
+    attempt = earlier_failures + 1
+    if failure == RETRYABLE and attempt >= max_attempts:
+        return Settled(attempt, GAVE_UP, gave_up_detail(attempt, detail))
+    return Settled(attempt, failure, detail)
+
+
 class AttemptLedger:
     def __init__(self, output: str, loop: str, run_id: str, max_attempts: int) -> None:
         if max_attempts < 1:
@@ -72,10 +81,7 @@ class AttemptLedger:
     def settle(self, key: str, failure: FailureClass | None, detail: str | None) -> Settled:
         """This run's outcome for `key`: a retryable failure on the last allowed attempt becomes `gave_up`."""
         earlier = self._earlier.get(key)
-        attempt = (earlier.count if earlier else 0) + 1
-        if failure == RETRYABLE and attempt >= self.max_attempts:
-            return Settled(attempt, GAVE_UP, gave_up_detail(attempt, detail))
-        return Settled(attempt, failure, detail)
+        return settle(earlier.count if earlier else 0, failure, detail, self.max_attempts)
 
     def add(self, key: str, stage: str | None, reason: str | None, detail: str | None) -> None:
         """Records a retryable failure of this run (written at the next `flush`)."""

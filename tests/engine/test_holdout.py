@@ -3,6 +3,7 @@
 import json
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from engine import holdout
@@ -146,3 +147,33 @@ def test_outputs_written_whole_and_exports_match_the_records(tmp_path):
     info = json.loads((exports / "llama_factory" / "dataset_info.json").read_text())
     assert set(info) == {"saber_train", "saber_test"} and info["saber_test"]["file_name"] == "saber_test.jsonl"
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_relation_failures_follow_the_failure_policy(tmp_path):
+    """A judge answer unusable after the repair is final (never judged again); an API failure is retryable
+    (judged again by the next build) until its max_attempts-th failure, which is gave_up."""
+    from engine.stages.relation import RelationJudgeStage
+
+    clips = _clips(SPEC[:3])
+    rows = holdout.sed_candidates(clips).select(list(holdout.JUDGE_COLUMNS))
+    out = holdout.RelationBatch(lambda: RelationJudgeStage(_Backend(
+        ['{"relation": "consistent", "intensity": 3, "reason": "calm"}', "not json", ("rate_limited",),
+         "still not json"])))(rows)
+    assert [(r["verdict"], r["failure"]) for r in out.to_pylist()] == [
+        ("ok", None), ("failed", "final"), ("failed", "retryable")]
+    a, b, c = out.column("clip_id").to_pylist()
+    for run in (1, 2):  # the API keeps failing c; max_attempts=3 -> the third failure gives up
+        earlier = holdout.retry_counts(holdout.read_relations(str(tmp_path)))
+        holdout.save_relations(str(tmp_path), f"run{run}", holdout.settle_relations(
+            out if run == 1 else out.filter(pc.equal(out.column("clip_id"), c)), earlier, 3))
+        latest = holdout.latest_verdicts(holdout.read_relations(str(tmp_path)))
+        assert holdout.pending_for_judge(rows, latest).column("clip_id").to_pylist() == [c]
+    earlier = holdout.retry_counts(holdout.read_relations(str(tmp_path)))
+    assert earlier == {c: 2}
+    third = holdout.settle_relations(out.filter(pc.equal(out.column("clip_id"), c)), earlier, 3)
+    assert (third.column("failure")[0].as_py(), third.column("fail_detail")[0].as_py()) == (
+        "gave_up", "gave up after 3 attempts; last: judge-1: rate_limited")
+    holdout.save_relations(str(tmp_path), "run3", third)
+    latest = holdout.latest_verdicts(holdout.read_relations(str(tmp_path)))
+    assert holdout.pending_for_judge(rows, latest).num_rows == 0
+    assert (latest[a]["verdict"], latest[b]["failure"], latest[c]["failure"]) == ("ok", "final", "gave_up")
