@@ -3,10 +3,12 @@
 Run by the cluster launcher's setup commands inside the container, with the node's instance role (no keys
 anywhere in the config or the image):
     python cluster/aws/fetch_secrets.py token --secret-id saber/ray-auth-token --out ~/.ray/auth_token
-    python cluster/aws/fetch_secrets.py env --secret-id saber/api-keys --out ~/.saber/api_keys.env
-`token`: the secret string is the Ray auth token, written as is. `env`: the secret string is a JSON object of
-environment variables ({"GEMINI_API_KEY": ..., "OPENAI_API_KEY": ...}), written as shell-quoted KEY=VALUE lines
-for `set -a; . FILE; set +a` before `ray start`, so the raylet and every worker inherit them.
+    python cluster/aws/fetch_secrets.py keys --secret-id saber/api-keys --out ~/.saber/api-keys
+`token`: the secret string is the Ray auth token, written as is. `keys`: the secret string is a JSON object of
+key names and keys ({"GEMINI_API_KEY": ..., "OPENAI_API_KEY": ...}), written as one file per name holding only
+the key, in a folder of mode 0700 (files 0600). The HTTP backend reads its key from there
+($SABER_API_KEY_DIR/<api_key_env>, engine/backends/http.py) when its actor starts: the keys are never put in
+`ray start`'s environment, which every worker and job on the node would inherit.
 """
 
 from __future__ import annotations
@@ -15,23 +17,26 @@ import argparse
 import json
 import os
 import re
-import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
-_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+# Also what makes a name safe as a file name: no "/", no "..", no hidden files.
+_KEY_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 
 
-def env_file_text(secret: str) -> str:
-    """KEY='value' lines from a JSON object; raises ValueError naming a bad key instead of writing it."""
+def key_files(secret: str) -> dict[str, str]:
+    """{file name: content} from a JSON object; raises ValueError naming a bad name (never a value)."""
     values = json.loads(secret)
     if not isinstance(values, dict):
-        raise ValueError("the env secret must be a JSON object of NAME: value")
-    bad = [name for name in values if not _ENV_NAME.match(str(name))]
+        raise ValueError("the keys secret must be a JSON object of NAME: key")
+    bad = [name for name in values if not _KEY_NAME.match(str(name))]
     if bad:
-        raise ValueError(f"not environment variable names: {bad}")
-    return "".join(f"{name}={shlex.quote(str(value))}\n" for name, value in sorted(values.items()))
+        raise ValueError(f"not key names (capitals, digits and _): {bad}")
+    empty = [name for name, value in values.items() if not str(value).strip()]
+    if empty:
+        raise ValueError(f"empty keys: {empty}")
+    return {name: str(value).strip() + "\n" for name, value in sorted(values.items())}
 
 
 def write_private(path: Path, text: str) -> None:
@@ -41,6 +46,17 @@ def write_private(path: Path, text: str) -> None:
     with os.fdopen(descriptor, "w") as out:
         out.write(text)
     path.chmod(0o600)  # an existing file keeps its old mode through O_CREAT
+
+
+def write_key_folder(folder: Path, files: dict[str, str]) -> None:
+    """The folder holds exactly the secret's keys: a key removed from the secret leaves the node too."""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    folder.chmod(0o700)
+    for stale in folder.iterdir():
+        if _KEY_NAME.match(stale.name) and stale.name not in files and stale.is_file():
+            stale.unlink()
+    for name, text in files.items():
+        write_private(folder / name, text)
 
 
 def fetch(secret_id: str, region: str | None, client: Any = None) -> str:
@@ -53,15 +69,22 @@ def fetch(secret_id: str, region: str | None, client: Any = None) -> str:
 
 def main(argv: list[str] | None = None, client: Any = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("kind", choices=["token", "env"], help="token: Ray auth token; env: JSON of env variables")
+    parser.add_argument("kind", choices=["token", "keys"], help="token: Ray auth token; keys: JSON of API keys")
     parser.add_argument("--secret-id", required=True, help="Secrets Manager name or ARN")
-    parser.add_argument("--out", type=Path, required=True, help="file to write (mode 0600)")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="token: the file to write (mode 0600); keys: the folder to fill (0700, files 0600)")
     parser.add_argument("--region", default=os.environ.get("AWS_DEFAULT_REGION"), help="AWS region of the secret")
     args = parser.parse_args(argv)
     secret = fetch(args.secret_id, args.region, client)
-    text = secret.strip() + "\n" if args.kind == "token" else env_file_text(secret)
-    write_private(args.out.expanduser(), text)
-    print(f"wrote {args.kind} secret {args.secret_id} to {args.out}", file=sys.stderr)  # never the value
+    out = args.out.expanduser()
+    if args.kind == "token":
+        write_private(out, secret.strip() + "\n")
+        names = "the token"
+    else:
+        files = key_files(secret)
+        write_key_folder(out, files)
+        names = ", ".join(files)
+    print(f"wrote {names} from secret {args.secret_id} to {args.out}", file=sys.stderr)  # names, never values
     return 0
 
 

@@ -10,8 +10,9 @@ cost log and none of our error names. So the project keeps its own small client:
 `requests` sessions (threads rather than an event loop, because `chat()` is synchronous and may be called
 from an async Ray actor whose loop is already running).
 
-The API key is read from the environment variable named by `api_key_env` at each `chat()` call and goes
-only into the Authorization header: never onto the config, into the cache, the usage log or a log line.
+The API key is read once, when the backend is built inside the process that calls the API (the stage's
+actor), from a file on the node (see `load_api_key`), and goes only into the Authorization header: never
+onto the config, into the cache, the usage log, a log line or any process's environment.
 """
 
 from __future__ import annotations
@@ -21,14 +22,17 @@ import json
 import logging
 import os
 import random
+import re
+import stat
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import requests
-from pydantic import Field, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 from urllib3.exceptions import ReadTimeoutError
 
 from engine.backends.base import ChatRequest, ChatResult, UsageLog, request_key
@@ -43,14 +47,30 @@ _TRANSIENT = {"rate_limited", "timeout", "connection_error", "malformed_response
 # Proxies truncate bodies now and then, but a server that keeps answering garbage will not stop doing so.
 _MAX_MALFORMED = 2
 
+# Where a cluster node keeps its API keys: a folder with one file per key name holding only the key (a Kubernetes
+# Secret mounted as a volume, or what cluster/aws/fetch_secrets.py writes). Why files and not the environment:
+# a variable set for `ray start` is inherited by every worker, job driver and subprocess (ffmpeg, pip) of every
+# job on the node and shows in each one's /proc/PID/environ and in crash or environment dumps; a file is read
+# only by the backend that needs it, in its actor's __init__. This variable holds a path, never a key.
+KEY_DIR_ENV = "SABER_API_KEY_DIR"
+_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+# Config fields that would carry a credential. None exists: a key in a config would be saved in OUT/config.yaml,
+# logged with the resolved config and shipped to every actor, so such a field is refused without echoing it.
+_CREDENTIAL_FIELD = re.compile(r"(?i)key|token|secret|password|auth|header|bearer")
+
 
 class HttpBackendConfig(ConfigSection):
     """An OpenAI-compatible endpoint, its limits and prices."""
 
+    # A ValidationError of this section prints no input values: one of them may be a key typed in the wrong place.
+    model_config = ConfigDict(hide_input_in_errors=True)
+
     base_url: str  # e.g. "https://api.openai.com/v1"; the client posts to {base_url}/chat/completions
     model: str
-    # The key is read from this variable at call time; "" for servers that need no key (a local vLLM).
+    # The key's NAME, never its value; "" for servers that need no key (a local vLLM). The key is read from
+    # api_key_file, else $SABER_API_KEY_DIR/<name> (a cluster node), else the environment variable <name>.
     api_key_env: str = "OPENAI_API_KEY"
+    api_key_file: str | None = None  # a path to a file holding only the key (never the key itself)
     max_concurrency: int = Field(8, ge=1, le=512)
     timeout_s: float = Field(60.0, gt=0)
     max_retries: int = Field(5, ge=0)
@@ -59,6 +79,28 @@ class HttpBackendConfig(ConfigSection):
     cache_dir: str | None = None  # local folder or s3://; None disables the response cache
     usd_per_1k_prompt: float = Field(0.0, ge=0)
     usd_per_1k_completion: float = Field(0.0, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_key_values(cls, data: Any) -> Any:
+        """Refuses a key typed where a name or path goes. A model-level check, so that the error (which the
+        config loader prints, and a job log keeps) names the field but never shows the value."""
+        if not isinstance(data, dict):
+            return data
+        fields = set(cls.model_fields)
+        for name in data:
+            if name not in fields and _CREDENTIAL_FIELD.search(str(name)):
+                raise ValueError(f"{name}: API keys never go in a config (value not shown); name the key with "
+                                 f"api_key_env and keep it in a file (api_key_file, ${KEY_DIR_ENV}) or the environment")
+        env = data.get("api_key_env")
+        if env not in (None, "") and not (isinstance(env, str) and _ENV_NAME.match(env)):
+            raise ValueError("api_key_env must be the NAME of an environment variable (capitals, digits and _, e.g. "
+                             "GEMINI_API_KEY), not a key; the value given is not shown")
+        path = data.get("api_key_file")
+        if path is not None and not (isinstance(path, str) and "/" in path):
+            raise ValueError("api_key_file must be a path with a folder (e.g. /etc/saber/api-keys/GEMINI_API_KEY "
+                             "or ./gemini.key), not a key; the value given is not shown")
+        return data
 
     @field_validator("base_url")
     @classmethod
@@ -101,7 +143,10 @@ class HttpChatBackend:
         self._url = f"{config.base_url}/chat/completions"
         self._cache = ResponseCache(config.cache_dir) if config.cache_dir else None
         self._usage = UsageLog(config.model, config.usd_per_1k_prompt, config.usd_per_1k_completion)
-        self._api_key()  # a missing key is a config error: raise before any work is scheduled
+        # Read once, here, in the actor: a missing key is a config error raised before any work is scheduled.
+        key, source = load_api_key(config)
+        self._bearer = _BearerAuth(key) if key else None
+        log.info("%s: API key from %s", config.model, source)
         # Each worker holds one request (its retries and backoff included): at most max_concurrency in flight.
         self._pool = ThreadPoolExecutor(max_workers=config.max_concurrency, thread_name_prefix="chat-http")
         self._local = threading.local()
@@ -109,9 +154,8 @@ class HttpChatBackend:
         self._sessions_lock = threading.Lock()
 
     def chat(self, requests: list[ChatRequest]) -> list[ChatResult]:
-        auth = self._auth()
         keys = [request_key(self.model_id, request) for request in requests]
-        return list(self._pool.map(self._answer, requests, keys, itertools.repeat(auth)))
+        return list(self._pool.map(self._answer, requests, keys, itertools.repeat(self._bearer)))
 
     def usage(self) -> dict[str, Any]:
         return self._usage.as_dict()
@@ -131,20 +175,6 @@ class HttpChatBackend:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def _api_key(self) -> str | None:
-        name = self.config.api_key_env
-        if not name:
-            return None
-        key = os.environ.get(name)
-        if not key:
-            raise ValueError(f"api_key_env: environment variable {name} is not set "
-                             "(use api_key_env='' for a server that needs no key)")
-        return key
-
-    def _auth(self) -> _BearerAuth | None:
-        key = self._api_key()
-        return _BearerAuth(key) if key else None
 
     def _answer(self, request: ChatRequest, key: str, auth: _BearerAuth | None) -> ChatResult:
         result = self._cached(key)
@@ -226,6 +256,37 @@ class HttpChatBackend:
             with self._sessions_lock:
                 self._sessions.append(session)
         return session
+
+
+def load_api_key(config: HttpBackendConfig) -> tuple[str | None, str]:
+    """The key and where it came from (a path or a variable name for the log, never the value): api_key_file,
+    else $SABER_API_KEY_DIR/<api_key_env> when that file exists, else the environment variable (local runs)."""
+    name = config.api_key_env
+    if config.api_key_file:
+        return _read_key_file(Path(config.api_key_file).expanduser(), "api_key_file"), f"file {config.api_key_file}"
+    if not name:
+        return None, "nowhere (api_key_env is empty: no Authorization header)"
+    folder = os.environ.get(KEY_DIR_ENV)
+    if folder and (Path(folder) / name).is_file():
+        return _read_key_file(Path(folder) / name, KEY_DIR_ENV), f"file {Path(folder) / name}"
+    if os.environ.get(name):
+        return os.environ[name], f"environment variable {name}"
+    looked = f"no file {Path(folder) / name} ({KEY_DIR_ENV}) and " if folder else ""
+    raise ValueError(f"api_key_env: {looked}environment variable {name} is not set "
+                     "(use api_key_env='' for a server that needs no key)")
+
+
+def _read_key_file(path: Path, setting: str) -> str:
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+        mode = path.stat().st_mode
+    except OSError as err:  # the message names the path only: the file's content never reaches it
+        raise ValueError(f"{setting}: cannot read the API key file {path}: {err.strerror}") from None
+    if not key:
+        raise ValueError(f"{setting}: the API key file {path} is empty")
+    if mode & stat.S_IROTH:
+        log.warning("API key file %s is readable by every user on the node: chmod 600 (or 440 for a group)", path)
+    return key
 
 
 def _status_error(status: int) -> str:

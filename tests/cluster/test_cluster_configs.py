@@ -1,5 +1,6 @@
 """The cluster deliverables under cluster/: the AWS launcher YAML against the schema Ray ships and Ray's own
-config preparation; the KubeRay manifests for the fields the operator requires; no secret literal anywhere;
+config preparation; the KubeRay manifests for the fields the operator requires; no secret literal anywhere, API
+keys as files on worker nodes and never in an environment; the node roles' S3 rights (raw inputs read-only);
 and the lining-up rule between the production configs' pools and the node types.
 
 The lining-up rule, per pool (the engine's media tasks and model actor pools, the trainer's workers):
@@ -13,6 +14,7 @@ The lining-up rule, per pool (the engine's media tasks and model actor pools, th
 from __future__ import annotations
 
 import copy
+import fnmatch
 import importlib.util
 import json
 import re
@@ -25,6 +27,7 @@ import pytest
 import ray
 import yaml
 
+from engine.backends.http import KEY_DIR_ENV
 from engine.config import EngineConfig, load_config
 from engine.pipeline import model_pools, uses_vllm_batch, vllm_gpus_per_engine
 from train.config import SftConfig
@@ -35,6 +38,7 @@ AWS = CLUSTER / "aws" / "saber-cluster.yaml"
 RAYCLUSTER = CLUSTER / "kuberay" / "raycluster.yaml"
 RAYJOB = CLUSTER / "kuberay" / "rayjob-build-saber.yaml"
 IMAGE_REPO_DIR = "/home/ray/saber"
+API_KEY_SECRET = "saber-api-keys"
 
 
 def load(path: Path) -> dict:
@@ -333,7 +337,9 @@ _KEY_LITERALS = {
     "AWS access key id": re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"),
     "private key": re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
     "hex token": re.compile(r"\b[0-9a-fA-F]{32,}\b"),
-    "secret env value": re.compile(r"(?i)name:\s*[\"']?\w*(KEY|TOKEN|SECRET|PASSWORD)\w*[\"']?[,\s]+value:"),
+    # A variable whose value is an absolute path (SABER_API_KEY_DIR: where the key files are) holds no secret.
+    "secret env value": re.compile(r"(?i)name:\s*[\"']?\w*(KEY|TOKEN|SECRET|PASSWORD)\w*[\"']?[,\s]+value:"
+                                   r"(?!\s*[\"']?/)"),
     "assigned secret": re.compile(r"(?i)\b[\w-]*(api[_-]?key|_token|password|secret_access_key)[\"']?\s*[:=]\s*"
                                   r"[\"']?(?![$~/{\"'\s])[^\s\"';,}]{8,}"),
 }
@@ -354,6 +360,10 @@ def test_no_key_looking_literal_in_any_cluster_file():
     assert found == {}
 
 
+def test_the_key_literal_check_lets_a_path_to_key_files_pass():
+    assert key_literals("  - {name: SABER_API_KEY_DIR, value: /etc/saber/api-keys}") == []
+
+
 @pytest.mark.parametrize("planted", [
     "OPENAI_API_KEY=sk-proj-abcdefghijklmnopqrstuvwx", "key: AIzaSyA1234567890abcdefghijklmnopqrstu",
     "aws_access_key_id = AKIAIOSFODNN7EXAMPLE", "RAY_AUTH_TOKEN: 0123456789abcdef0123456789abcdef",
@@ -364,19 +374,70 @@ def test_the_key_literal_check_catches_planted_keys(planted):
     assert key_literals(planted)
 
 
-def test_kubernetes_secrets_only_by_reference():
-    """Every env var that carries a credential comes from a Secret; the token through authOptions."""
+def _mounts_of_the_key_secret(pod_template: dict) -> list[tuple[dict, dict]]:
+    """(container, its volumeMount) for every mount of a volume made from the API-key Secret."""
+    volumes = {v["name"]: v for v in pod_template["spec"].get("volumes", [])}
+    return [(c, m) for c in _containers(pod_template) for m in c.get("volumeMounts", [])
+            if volumes.get(m["name"], {}).get("secret", {}).get("secretName") == API_KEY_SECRET]
+
+
+def test_kubernetes_api_keys_are_files_in_worker_pods_never_env():
+    """The API-key Secret reaches worker containers as a read-only volume of owner/group-only files, with the
+    folder's path (not a key) in SABER_API_KEY_DIR; no container of any pod takes a value from it as env."""
     for path in (RAYCLUSTER, RAYJOB):
         text = path.read_text()
+        # Any credential-named variable that is set at all comes from a Secret (the Ray token: authOptions).
         for env in re.findall(r"name: (\w*(?:KEY|TOKEN|SECRET|PASSWORD)\w*)", text):
-            assert re.search(rf"- name: {env}\n\s+valueFrom: {{secretKeyRef: {{name: [\w-]+, key: {env}}}}}", text), env
-    spec = load(RAYCLUSTER)["spec"]
-    workers = [c for g in spec["workerGroupSpecs"] for c in _containers(g["template"])]
-    for container in workers:
-        refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
-        assert set(refs) == {"GEMINI_API_KEY", "OPENAI_API_KEY"}
-    head_env = {e["name"] for c in _containers(spec["headGroupSpec"]["template"]) for e in c.get("env", [])}
-    assert not head_env & {"GEMINI_API_KEY", "OPENAI_API_KEY"}  # the head runs no actors: it never holds keys
+            if env != KEY_DIR_ENV:
+                assert re.search(rf"- name: {env}\n\s+valueFrom: {{secretKeyRef:", text), (path.name, env)
+        spec = load(path)["spec"]
+        spec = spec.get("rayClusterSpec", spec)
+        templates = {"head": spec["headGroupSpec"]["template"],
+                     **{g["groupName"]: g["template"] for g in spec["workerGroupSpecs"]}}
+        for name, template in templates.items():
+            for container in _containers(template):
+                refs = [e["valueFrom"] for e in container.get("env", []) if "valueFrom" in e]
+                assert not any(r.get("secretKeyRef", {}).get("name") == API_KEY_SECRET for r in refs), name
+                assert not any(f.get("secretRef", {}).get("name") == API_KEY_SECRET
+                               for f in container.get("envFrom", [])), name
+            mounts = _mounts_of_the_key_secret(template)
+            if name == "head":
+                assert mounts == [], "the head runs no actors: it never holds the keys"
+                continue
+            assert [c["name"] for c, _ in mounts] == [c["name"] for c in _containers(template)], name
+            volume = next(v for v in template["spec"]["volumes"] if v.get("secret", {}).get("secretName"))
+            mode = volume["secret"]["defaultMode"]
+            assert mode & 0o077 == mode & 0o040 and not mode & 0o222, f"{name}: mode {mode:o}"
+            assert template["spec"]["securityContext"]["fsGroup"] == 100, name  # the image's `ray` user's group
+            for container, mount in mounts:
+                assert mount["readOnly"] is True and not mount["mountPath"].startswith(IMAGE_REPO_DIR), name
+                env = {e["name"]: e.get("value") for e in container["env"]}
+                assert env[KEY_DIR_ENV] == mount["mountPath"], name
+        submitter_env = yaml.safe_load(doc["spec"]["runtimeEnvYAML"]).get("env_vars", {}) \
+            if (doc := load(path))["kind"] == "RayJob" else {}
+        assert not key_literals(json.dumps(submitter_env)) and not any(
+            re.search("KEY|TOKEN|SECRET|PASSWORD", n) for n in submitter_env), submitter_env
+
+
+def test_aws_api_keys_stay_in_files_out_of_rays_environment():
+    """Workers fetch the keys into a folder and start Ray with only its path; nothing sources or exports a key,
+    and the head (which runs the job drivers) never fetches them."""
+    config = load(AWS)
+    prepared = copy.deepcopy(config)
+    from ray.autoscaler._private.util import prepare_config
+
+    prepared = prepare_config(prepared)
+    worker_setup = " ".join(prepared["worker_setup_commands"])
+    head_setup = " ".join(prepared["head_setup_commands"])
+    worker_start = " ".join(config["worker_start_ray_commands"])
+    every_command = " ".join(worker_setup.split() + head_setup.split() + worker_start.split()
+                             + " ".join(config["head_start_ray_commands"]).split())
+    fetched = re.search(r"fetch_secrets\.py keys .*--secret-id saber/api-keys --out (\S+)", worker_setup)
+    assert fetched, worker_setup
+    assert f"{KEY_DIR_ENV}={fetched.group(1).replace('~', '$HOME')}" in worker_start
+    assert "api-keys" not in head_setup and KEY_DIR_ENV not in " ".join(config["head_start_ray_commands"])
+    assert not re.search(r"set -a|(^|[;&|(]\s*|\s)(\.|source)\s+\S|\.env\b", every_command), every_command
+    assert not re.search(r"(GEMINI|OPENAI)_API_KEY", every_command)
 
 
 def _fetch_secrets_module():
@@ -394,14 +455,109 @@ class _FakeSecretsManager:
         return {"SecretString": self.secrets[SecretId]}
 
 
-def test_fetch_secrets_writes_owner_only_files(tmp_path):
+def test_fetch_secrets_writes_owner_only_files(tmp_path, capsys):
     fetch = _fetch_secrets_module()
     client = _FakeSecretsManager({"tok": "abc123\n", "keys": json.dumps({"OPENAI_API_KEY": "x y'z", "A_B": 1})})
     assert fetch.main(["token", "--secret-id", "tok", "--out", str(tmp_path / "ray" / "auth_token")], client) == 0
-    assert fetch.main(["env", "--secret-id", "keys", "--out", str(tmp_path / "keys.env")], client) == 0
+    assert fetch.main(["keys", "--secret-id", "keys", "--out", str(tmp_path / "keys")], client) == 0
     assert (tmp_path / "ray" / "auth_token").read_text() == "abc123\n"
-    assert (tmp_path / "keys.env").read_text() == "A_B=1\nOPENAI_API_KEY='x y'\"'\"'z'\n"
-    for path in (tmp_path / "ray" / "auth_token", tmp_path / "keys.env"):
+    keys = tmp_path / "keys"
+    assert {p.name: p.read_text() for p in keys.iterdir()} == {"A_B": "1\n", "OPENAI_API_KEY": "x y'z\n"}
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o700
+    for path in (tmp_path / "ray" / "auth_token", keys / "A_B", keys / "OPENAI_API_KEY"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    with pytest.raises(ValueError, match="not environment variable names"):
-        fetch.env_file_text(json.dumps({"BAD NAME; rm -rf": "v"}))
+    assert "x y'z" not in capsys.readouterr().err
+    # Rotation: a key dropped from the secret leaves the node; a file that is not a key name stays.
+    (keys / "notes.txt").write_text("mine")
+    client.secrets["keys"] = json.dumps({"OPENAI_API_KEY": "new"})
+    assert fetch.main(["keys", "--secret-id", "keys", "--out", str(keys)], client) == 0
+    assert {p.name: p.read_text() for p in keys.iterdir()} == {"OPENAI_API_KEY": "new\n", "notes.txt": "mine"}
+
+
+@pytest.mark.parametrize("name", ["../escape", "BAD NAME; rm -rf", "lower", ".hidden"])
+def test_fetch_secrets_refuses_names_unfit_for_a_file_without_showing_values(name):
+    with pytest.raises(ValueError, match="not key names") as caught:
+        _fetch_secrets_module().key_files(json.dumps({"GOOD": "sk-value-1", name: "sk-value-2"}))
+    assert name in str(caught.value) and "sk-value" not in str(caught.value)
+
+
+def test_fetch_secrets_refuses_an_empty_key():
+    with pytest.raises(ValueError, match=r"empty keys: \['EMPTY'\]"):
+        _fetch_secrets_module().key_files(json.dumps({"EMPTY": " ", "GOOD": "sk-value"}))
+
+
+# -- S3 rights of the node roles --------------------------------------------------------------------------------
+IAM = CLUSTER / "aws" / "iam"
+# The bucket layout of cluster/OPERATIONS.md: raw inputs, and where builds, preferences, runs and results go.
+OUTPUT_PREFIXES = ["saber/", "saber-prefs/", "runs/", "results/"]
+WRITE_ACTIONS = ["s3:PutObject", "s3:DeleteObject", "s3:DeleteObjectVersion", "s3:PutObjectAcl",
+                 "s3:PutObjectTagging", "s3:DeleteObjectTagging", "s3:AbortMultipartUpload", "s3:RestoreObject",
+                 "s3:PutObjectRetention", "s3:PutObjectLegalHold", "s3:ReplicateObject", "s3:ReplicateDelete"]
+
+
+def _listed(statement: dict, field: str) -> list[str] | None:
+    value = statement.get(field)
+    return [value] if isinstance(value, str) else value
+
+
+def _glob(patterns: list[str], value: str, fold: bool) -> bool:
+    """IAM wildcards: * any run, ? one character; actions compare case-insensitively."""
+    return any(fnmatch.fnmatchcase(value.lower() if fold else value, p.lower() if fold else p) for p in patterns)
+
+
+def _applies(statement: dict, action: str, resource: str) -> bool:
+    actions, not_actions = _listed(statement, "Action"), _listed(statement, "NotAction")
+    resources, not_resources = _listed(statement, "Resource"), _listed(statement, "NotResource")
+    acts = _glob(actions, action, True) if actions is not None else not _glob(not_actions, action, True)
+    on = _glob(resources, resource, False) if resources is not None else not _glob(not_resources, resource, False)
+    return acts and on
+
+
+def iam_allows(policy: dict, action: str, resource: str) -> bool:
+    """An explicit Deny wins; a conditional Deny is not counted on (it may not apply), a conditional Allow is."""
+    applying = [s for s in policy["Statement"] if _applies(s, action, resource)]
+    if any(s["Effect"] == "Deny" and "Condition" not in s for s in applying):
+        return False
+    return any(s["Effect"] == "Allow" for s in applying)
+
+
+def _build_prefixes() -> tuple[str, str]:
+    """The bucket and raw-input prefix, and the output prefix, as the RayJob's build passes them."""
+    entry = load(RAYJOB)["spec"]["entrypoint"]
+    raw = re.search(r"--input s3://(\S+)", entry).group(1)
+    out = re.search(r"--output s3://(\S+)", entry).group(1)
+    return raw, out
+
+
+def raw_write_rights(policy: dict) -> list[str]:
+    raw, _ = _build_prefixes()
+    return [a for a in WRITE_ACTIONS if iam_allows(policy, a, f"arn:aws:s3:::{raw}clip-0001.mp4")]
+
+
+@pytest.mark.parametrize("role", ["worker", "head"])
+def test_node_roles_read_raw_inputs_and_write_only_the_output_prefixes(role):
+    policy = json.loads((IAM / f"{role}-policy.json").read_text())
+    raw, out = _build_prefixes()
+    bucket = raw.split("/")[0]
+    assert raw_write_rights(policy) == []
+    assert iam_allows(policy, "s3:GetObject", f"arn:aws:s3:::{raw}clip-0001.mp4")
+    assert iam_allows(policy, "s3:ListBucket", f"arn:aws:s3:::{bucket}")
+    assert out.startswith(f"{bucket}/") and out[len(bucket) + 1:] in OUTPUT_PREFIXES
+    for prefix in OUTPUT_PREFIXES:  # resume moves and Ray Train's checkpoint rotation delete there
+        for action in ("s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"):
+            assert iam_allows(policy, action, f"arn:aws:s3:::{bucket}/{prefix}x/part-0.parquet"), (prefix, action)
+    # Elsewhere in the bucket (not an output): read, never write.
+    assert not iam_allows(policy, "s3:PutObject", f"arn:aws:s3:::{bucket}/elsewhere/x")
+
+
+def test_the_raw_input_check_catches_write_rights_and_the_deny_outlasts_a_broad_grant():
+    worker = json.loads((IAM / "worker-policy.json").read_text())
+    raw, _ = _build_prefixes()
+    bucket = raw.split("/")[0]
+    old = {"Statement": [{"Effect": "Allow", "Action": ["s3:ListBucket", "s3:GetObject", "s3:PutObject",
+                                                        "s3:DeleteObject"],
+                          "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]}]}
+    assert raw_write_rights(old) == ["s3:PutObject", "s3:DeleteObject"]
+    everything = {"Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+    assert raw_write_rights(everything) == WRITE_ACTIONS
+    assert raw_write_rights({"Statement": everything["Statement"] + worker["Statement"]}) == []
