@@ -468,3 +468,48 @@ def test_remote_checkpoint_is_copied_once_per_node(tmp_path, monkeypatch):
     assert sample.local_model("memory://sft-final") == local  # reused, not copied again
     assert [p.name for p in tmp_path.iterdir()] == [local.rsplit("/", 1)[-1]]  # no partial-* left behind
     assert sample.local_model(str(tmp_path)) == str(tmp_path)  # local folders as they are
+
+
+def _four_responses(clip, fails):
+    """4 responses; `fails` maps a response index to (judge_fail, detail) - the others are judged."""
+    scores = [None if i in fails else float(10 + 3 * i) for i in range(4)]
+    return empty_query(clip_id=clip, source_uri=f"/c/{clip}.mp4", source_video=clip, lang="en", system="S",
+                       prompt="P", av_relation="consistent", round=1, responses=[f"a{i}" for i in range(4)],
+                       scores=scores, sed_ok=[True] * 4, sampler="/ckpt", judge="gpt p@v",
+                       judge_fail=[fails.get(i, (None, None))[0] for i in range(4)],
+                       judge_fail_detail=[fails.get(i, (None, None))[1] for i in range(4)])
+
+
+def test_a_query_the_judge_api_failed_is_retried_then_given_up(tmp_path):
+    """too_few_judged because of API failures (429 past the retries, 503) is retryable: not finished, judged again
+    by the next run, gave_up on the max_attempts-th; because of unusable answers it is final; paired is done."""
+    from train.preferences.build import PreferenceWriter, read_ledger, summarize
+    from train.preferences.schema import read_preferences
+
+    def ranked():
+        queries = [_four_responses("api", {0: ("model_error", "gpt: rate_limited"), 2: ("model_error",
+                                                                                      "gpt: server_error_503")}),
+                   _four_responses("bad", {1: ("judge_unparseable", "no json")}),
+                   _four_responses("bad_request", {3: ("model_error", "gpt: bad_request_400")}),
+                   _four_responses("ok", {})]
+        for query in queries:
+            rank_query(query, RankingConfig(margin=0.0))
+        return queries
+
+    first = ranked()
+    assert [(q["drop_reason"], q["failure"]) for q in first] == [
+        ("too_few_judged", "retryable"), ("too_few_judged", "final"), ("too_few_judged", "final"), (None, None)]
+    for run in (1, 2, 3):
+        writer = PreferenceWriter(str(tmp_path), "matched", flush_queries=10, run_id=f"r{run}", max_attempts=3)
+        done = writer.finished(1)
+        assert done == ({"bad", "bad_request", "ok"} if run > 1 else set())
+        writer.add(pa.Table.from_pylist([q for q in ranked() if q["clip_id"] not in done], schema=QUERY_SCHEMA))
+        writer.flush()
+        assert writer.retryable_written == (1 if run < 3 else 0)
+    ledger = read_ledger(str(tmp_path), 1).to_pylist()
+    assert sorted((q["clip_id"], q["failure"]) for q in ledger) == [
+        ("api", "gave_up"), ("bad", "final"), ("bad_request", "final"), ("ok", None)]
+    assert PreferenceWriter(str(tmp_path), "matched", 10, "r4").finished(1) == {"api", "bad", "bad_request", "ok"}
+    summary = summarize(ledger, read_preferences(str(tmp_path), 1), {})
+    assert (summary["queries"]["total"], summary["queries"]["to_retry"], summary["queries"]["gave_up"]) == (4, 0, 1)
+    assert read_preferences(str(tmp_path), 1).num_rows == 2  # the one paired query, two matched pairs

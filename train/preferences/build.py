@@ -32,6 +32,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from engine import storage  # noqa: E402
 from engine.config import dump_config  # noqa: E402
+from engine.failures import GAVE_UP, RETRYABLE  # noqa: E402
+from engine.ledger import settle  # noqa: E402
 from engine.pipeline import pool_map, table_blocks  # noqa: E402
 from engine.writer import PART_PREFIX, QUARANTINE_DIR, read_parts, set_aside, write_parquet_whole  # noqa: E402
 from train.modeling import resolve_model_path  # noqa: E402
@@ -107,12 +109,15 @@ def preference_plan(queries: pa.Table, config: PreferenceConfig, model_path: str
 class PreferenceWriter:
     """Pairs and ledger parts per batch of finished queries; the ledger part, written second, commits them."""
 
-    def __init__(self, output: str, pairing: str, flush_queries: int, run_id: str) -> None:
+    def __init__(self, output: str, pairing: str, flush_queries: int, run_id: str, max_attempts: int = 3) -> None:
         self.ledger_dir, self.pairs_dir = storage.join(output, LEDGER_DIR), storage.join(output, PAIRS_DIR)
         self.quarantine = storage.strip_protocol(storage.join(output, QUARANTINE_DIR))
         self.pairing, self.flush_queries, self.run_id = pairing, flush_queries, run_id
+        self.max_attempts = max_attempts
         self._pending: list[dict[str, Any]] = []
         self._seen: set[str] = set()
+        self._earlier: Counter[str] = Counter()  # retryable drops per query in this round's ledger
+        self.retryable_written = 0
         self._parts = 0
         self.queries_written = self.pairs_written = 0
 
@@ -125,14 +130,21 @@ class PreferenceWriter:
                 set_aside(fs, path, self.quarantine, "its ledger part was never written (interrupted run)")
         for stray in _parts(fs, self.ledger_dir, suffix=(".tmp",)).values():
             set_aside(fs, stray, self.quarantine, "the temporary file of an interrupted write")
-        table = read_parts(self.ledger_dir, LEDGER_SCHEMA, columns=["clip_id", "round"])
-        done = table.filter(pc.equal(table.column("round"), round_)).column("clip_id").to_pylist()
-        self._seen |= set(done)
-        return set(done)
+        table = read_parts(self.ledger_dir, LEDGER_SCHEMA, columns=["clip_id", "round", "failure"])
+        rows = table.filter(pc.equal(table.column("round"), round_)).to_pylist()
+        # A query dropped because the judge API failed is not finished (older ledgers have no failure: finished).
+        self._earlier = Counter(r["clip_id"] for r in rows if r["failure"] == RETRYABLE)
+        done = {r["clip_id"] for r in rows if r["failure"] != RETRYABLE}
+        self._seen |= done
+        return done
 
     def add(self, batch: pa.Table) -> None:
         fresh = [q for q in batch.to_pylist() if q["clip_id"] not in self._seen]
         self._seen.update(q["clip_id"] for q in fresh)
+        for query in fresh:  # the shared rule: the max_attempts-th retryable drop is gave_up (finished)
+            query["failure"] = settle(self._earlier[query["clip_id"]], query.get("failure"), None,
+                                      self.max_attempts).failure
+            self.retryable_written += query["failure"] == RETRYABLE
         self._pending.extend(fresh)
         if len(self._pending) >= self.flush_queries:
             self.flush()
@@ -172,8 +184,13 @@ def ledger_table(queries: list[dict[str, Any]], run_id: str) -> pa.Table:
 
 
 def read_ledger(output: str, round_: int | None = None) -> pa.Table:
+    """One row per query and round: the finished one, else (a query still to retry) its latest attempt."""
     table = read_parts(storage.join(output, LEDGER_DIR), LEDGER_SCHEMA)
-    return table if round_ is None else table.filter(pc.equal(table.column("round"), round_))
+    table = table if round_ is None else table.filter(pc.equal(table.column("round"), round_))
+    latest: dict[tuple[str, int], dict[str, Any]] = {}
+    for row in sorted(table.to_pylist(), key=lambda r: (r["failure"] != RETRYABLE, r["done_at"] or 0)):
+        latest[(row["clip_id"], row["round"])] = row
+    return pa.Table.from_pylist(list(latest.values()), schema=LEDGER_SCHEMA)
 
 
 # -- summary -------------------------------------------------------------------------------------------------
@@ -198,6 +215,8 @@ def summarize(ledger: list[dict[str, Any]], pairs: pa.Table, extra: dict[str, An
     summary = {
         "queries": {"total": len(ledger), "paired": sum(q["status"] == "paired" for q in ledger),
                     "dropped": dict(sorted(drops.items())),
+                    "to_retry": sum(q["failure"] == RETRYABLE for q in ledger),  # judge API failures: run again
+                    "gave_up": sum(q["failure"] == GAVE_UP for q in ledger),
                     "by_relation": dict(sorted(Counter(q["av_relation"] for q in ledger).items()))},
         "responses": {"sampled": sum(r is not None for r in responses),
                       "sample_failed_queries": sum(bool(q["sample_error"]) for q in ledger),
@@ -264,7 +283,8 @@ def run(config: PreferenceConfig) -> dict[str, Any]:
         extra["swap_missing"] = assign_swaps(selection.queries, selection.pool, config.avem.swap_seed,
                                              config.avem.swap_modality)
     run_id = uuid.uuid4().hex[:12]
-    writer = PreferenceWriter(config.output, config.ranking.pairing, config.batch_queries, run_id)
+    writer = PreferenceWriter(config.output, config.ranking.pairing, config.batch_queries, run_id,
+                              config.max_attempts)
     done = writer.finished(config.round)
     todo = [q for q in selection.queries if q["clip_id"] not in done]
     log.info("[build_preferences] %d queries selected, %d done by earlier runs, %d to do (run %s)",

@@ -53,6 +53,9 @@ class PreferenceConfig(ConfigSection):
     ray_address: str | None = None
     # Queries per Ray Data block and per written part: the resume unit (a killed run redoes at most this many).
     batch_queries: int = Field(8, ge=1)
+    # Runs in which a query may be dropped because judge calls failed for a reason of the world (engine.failures)
+    # before it is recorded as gave_up; until then each rerun samples and judges it again.
+    max_attempts: int = Field(3, ge=1)
     selection: SelectionConfig = SelectionConfig()
     data: DataConfig = DataConfig()  # media encoding: must match the SFT run's
     sampling: GenerationConfig = GenerationConfig(num_samples=10, temperature=0.8, max_new_tokens=1024)

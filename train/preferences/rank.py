@@ -18,6 +18,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from engine.config_base import ConfigSection
+from engine.failures import FINAL, RETRYABLE, backend_failure
 from train.preferences.schema import PREFERENCE_SCHEMA, QUERY_SCHEMA, pair_id
 
 
@@ -80,12 +81,30 @@ def candidates_of(query: dict[str, Any]) -> list[Candidate]:
     return [Candidate(i, s, bool(sed_ok[i])) for i, s in enumerate(scores) if s is not None]
 
 
+def retryable_judge_failures(query: dict[str, Any]) -> int:
+    """Responses whose judge call the API failed for a reason of the world (details read "<model>: <error>")."""
+    return sum(fail == "model_error" and backend_failure((detail or "").rsplit(": ", 1)[-1]) == RETRYABLE
+               for fail, detail in zip(query["judge_fail"] or [], query["judge_fail_detail"] or [], strict=True))
+
+
+def drop_failure(query: dict[str, Any], outcome: RankOutcome, ranking: RankingConfig) -> str | None:
+    """A query dropped for too few judged responses is retryable when the API failures alone made it too few
+    (judged again, it could pair); any other drop is a verdict about the answers."""
+    if outcome.drop_reason is None:
+        return None
+    judged = len(candidates_of(query))
+    if outcome.drop_reason == "too_few_judged" and judged + retryable_judge_failures(query) >= ranking.min_judged:
+        return RETRYABLE
+    return FINAL
+
+
 def rank_query(query: dict[str, Any], ranking: RankingConfig) -> None:
     if query["sample_error"]:
-        query.update(status="dropped", drop_reason="sample_failed", pairs_below_margin=0)
+        query.update(status="dropped", drop_reason="sample_failed", failure=FINAL, pairs_below_margin=0)
         return
     outcome = rank_and_pair(candidates_of(query), ranking)
     query.update(status="dropped" if outcome.drop_reason else "paired", drop_reason=outcome.drop_reason,
+                 failure=drop_failure(query, outcome, ranking),
                  winners=outcome.winners, losers=outcome.losers, pair_chosen=[c for c, _ in outcome.pairs],
                  pair_rejected=[r for _, r in outcome.pairs], pairs_below_margin=outcome.below_margin)
 

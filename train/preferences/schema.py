@@ -83,6 +83,9 @@ QUERY_SCHEMA = pa.schema([
     # rank: winners best first, losers worst first; kept pairs as two aligned index lists
     pa.field("status", pa.string()),  # paired | dropped
     pa.field("drop_reason", pa.string()),
+    # engine.failures for a dropped query: retryable when judge calls the API failed (a later run samples and
+    # judges it again), gave_up after max_attempts such runs, final otherwise (a verdict about the answers)
+    pa.field("failure", pa.string()),
     pa.field("winners", _INT_LIST),
     pa.field("losers", _INT_LIST),
     pa.field("pair_chosen", _INT_LIST),
