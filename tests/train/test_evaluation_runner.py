@@ -384,6 +384,14 @@ def test_a_rerun_redoes_only_missing_work_and_transient_failures(tmp_path):
     assert [i["item_id"] for i in to_answer] == ["b", "f"]
     # a: unparseable verdict stands; d: the judge server failed (again); e: judged only by another judge/prompt.
     assert [r["item_id"] for r in to_judge] == ["d", "e"]
+    # Two more runs rate limited on b: with max_attempts=3 its third transient failure is the last (gave up).
+    for later in (1, 2):
+        write_parquet_whole(str(tmp_path / "out" / "answers"), f"part-y-{later:05d}.parquet", pa.Table.from_pylist(
+            [{"source_uri": "/x.mp4", **stamp, **failed("b", "model_error", "rate_limited")}], schema=ANSWER_SCHEMA))
+        assert "b" in [i["item_id"] for i in pending(config.model_copy(update={"max_attempts": 10}), items,
+                                                     judge_id)[0]]
+        assert ("b" in [i["item_id"] for i in pending(config.model_copy(update={"max_attempts": 3}), items,
+                                                       judge_id)[0]]) == (later == 1)
     other = config.model_copy(update={"generation": config.generation.model_copy(update={"max_new_tokens": 8})})
     with pytest.raises(ValueError, match="holds answers made under generation config hash"):
         pending(other, items, judge_id)

@@ -16,6 +16,7 @@ import json
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timezone
 from functools import partial
@@ -28,6 +29,7 @@ from pydantic import Field, model_validator
 from engine import storage
 from engine.config import BackendConfig, ModelStageConfig, PoolConfig, dump_config
 from engine.config_base import ConfigSection
+from engine.failures import RETRYABLE, backend_failure
 from engine.media import MediaError
 from engine.writer import read_parts, write_parquet_whole
 from train.config import DataConfig
@@ -93,6 +95,8 @@ class EvalConfig(ConfigSection):
     limit: int | None = Field(None, ge=1)
     block_rows: int = Field(16, ge=1)
     flush_rows: int = Field(64, ge=1)  # answers/judgments saved at least this often (finer resume)
+    # Runs that may fail an item at the API (engine.failures: retryable) before the item is left failed (gave up).
+    max_attempts: int = Field(3, ge=1)
     ray_address: str | None = None
     model: AnswerModelConfig = AnswerModelConfig(path="Qwen/Qwen2.5-Omni-7B")
     media: DataConfig = DataConfig()
@@ -266,15 +270,12 @@ def judge_stage(config: EvalConfig, folder: str) -> AnswerJudgeStage:
 
 # ---------------------------------------------------------------- the Ray Data plan
 
-# Failures worth another try on a rerun: a backend that gave up on a busy or unreachable service (the error names
-# of engine.backends). A clip that does not decode, a request the service refuses (4xx, too long), or a judge
-# answer that does not parse (deterministic at temperature 0, and cached) stays failed.
-TRANSIENT_ERRORS = frozenset({"rate_limited", "timeout", "connection_error", "malformed_response"})
-
-
 def is_transient(reason: str | None, detail: str | None) -> bool:
+    """Worth another try on a rerun (engine.failures, the policy of every loop): a backend that gave up on a busy
+    or unreachable service. A clip that does not decode, a request the service refuses for its content, or a
+    judge answer that does not parse (deterministic at temperature 0, and cached) stays failed."""
     error = (detail or "").rsplit(": ", 1)[-1]  # judge details read "<model>: <error>"
-    return reason == "model_error" and (error in TRANSIENT_ERRORS or error.startswith("server_error_"))
+    return reason == "model_error" and backend_failure(error) == RETRYABLE
 
 
 def evaluation_plan(config: EvalConfig, to_answer: list[Item], to_judge: list[dict[str, Any]]) -> Any:
@@ -336,18 +337,25 @@ def _write_parts(table: pa.Table, folder: str, name: str, judged: bool, known: s
 
 def latest(table: pa.Table, status: str, stamp: str, keep: Callable[[dict[str, Any]], bool] = bool
            ) -> dict[str, dict[str, Any]]:
-    """One row per item: an ok one if any (never redone), else the latest failure."""
+    """One row per item: an ok one if any (never redone), else the latest failure; `transient_failures` counts the
+    item's transient failures over all runs (the attempts of engine.ledger's rule)."""
     best: dict[str, dict[str, Any]] = {}
+    kind = status.removesuffix("_status")
+    failures: Counter[str] = Counter()
     rows = [r for r in table.to_pylist() if keep(r)]
     for row in sorted(rows, key=lambda r: (r[status] == "ok", r[stamp] or datetime.min.replace(tzinfo=timezone.utc))):
         best[row["item_id"]] = row
-    return best
+        failures[row["item_id"]] += row[status] != "ok" and is_transient(row[f"{kind}_fail_reason"],
+                                                                        row[f"{kind}_fail_detail"])
+    return {item: {**row, "transient_failures": failures[item]} for item, row in best.items()}
 
 
-def needs_work(done: dict[str, Any] | None, kind: str) -> bool:
-    """No answer/judgment yet, or only a transient failure (kind: "answer" or "judge")."""
+def needs_work(done: dict[str, Any] | None, kind: str, max_attempts: int) -> bool:
+    """No answer/judgment yet, or only transient failures, fewer than max_attempts (then it gave up; kind:
+    "answer" or "judge")."""
     return done is None or (done[f"{kind}_status"] != "ok"
-                            and is_transient(done[f"{kind}_fail_reason"], done[f"{kind}_fail_detail"]))
+                            and is_transient(done[f"{kind}_fail_reason"], done[f"{kind}_fail_detail"])
+                            and done.get("transient_failures", 0) < max_attempts)
 
 
 def read_answers(folder: str, current_hash: str) -> dict[str, dict[str, Any]]:
@@ -368,13 +376,13 @@ def read_judgments(folder: str, judge_id: str | None) -> dict[str, dict[str, Any
 def pending(config: EvalConfig, items: list[Item], judge_id: str | None) -> tuple[list[Item], list[dict[str, Any]]]:
     """(items to answer, earlier answers to judge)."""
     answers = read_answers(config.folder, generation_hash(config))
-    to_answer = [i for i in items if needs_work(answers.get(i["item_id"]), "answer")]
+    to_answer = [i for i in items if needs_work(answers.get(i["item_id"]), "answer", config.max_attempts)]
     to_judge = []
     if judge_id is not None:
         judgments = read_judgments(config.folder, judge_id)
         to_judge = [answers[i["item_id"]] for i in items if i["item_id"] in answers
                     and answers[i["item_id"]]["answer_status"] == "ok"
-                    and needs_work(judgments.get(i["item_id"]), "judge")]
+                    and needs_work(judgments.get(i["item_id"]), "judge", config.max_attempts)]
     log.info("[evaluate] %d items: %d to answer, %d earlier answers to judge", len(items), len(to_answer),
              len(to_judge))
     return to_answer, to_judge
