@@ -27,7 +27,7 @@ import stat
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -154,8 +154,22 @@ class HttpChatBackend:
         self._sessions_lock = threading.Lock()
 
     def chat(self, requests: list[ChatRequest]) -> list[ChatResult]:
+        """Identical requests of one batch (e.g. the same judge question for two clips) are sent once: the
+        response cache only knows an answer after it came back, so both would otherwise be paid for."""
         keys = [request_key(self.model_id, request) for request in requests]
-        return list(self._pool.map(self._answer, requests, keys, itertools.repeat(self._bearer)))
+        first = {key: index for index, key in reversed(list(enumerate(keys)))}
+        unique = sorted(first.values())
+        answers = dict(zip(unique, self._pool.map(self._answer, [requests[i] for i in unique],
+                                                  [keys[i] for i in unique], itertools.repeat(self._bearer)),
+                           strict=True))
+        results = []
+        for index, key in enumerate(keys):
+            result = answers[first[key]]
+            if index != first[key]:  # the same answer, not paid again: counted like a cache hit
+                result = replace(result, cached=True, attempts=0)
+                self._usage.record(requests[index].tag, result)
+            results.append(result)
+        return results
 
     def usage(self) -> dict[str, Any]:
         return self._usage.as_dict()

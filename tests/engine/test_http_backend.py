@@ -250,3 +250,15 @@ def test_unreadable_cache_entry_is_a_miss(tmp_path):
     Path(cache.path(key)).parent.mkdir(parents=True)
     Path(cache.path(key)).write_text("{not json")
     assert cache.get(key) is None
+
+
+def test_identical_requests_of_one_batch_are_paid_once(server, make_backend):
+    """Two clips asking the very same question in one batch: one HTTP call, both get its answer, and the
+    usage log counts the second as a cache hit (no tokens)."""
+    backend = make_backend()
+    results = backend.chat([ask("same"), ask("other"), ask("same")])
+    assert [echo(r) for r in results] == ["same", "other", "same"]
+    assert (server.calls["same"], server.calls["other"]) == (1, 1)
+    assert [(r.cached, r.attempts) for r in results] == [(False, 1), (False, 1), (True, 0)]
+    usage = backend.usage()["total"]
+    assert (usage["requests"], usage["cache_hits"], usage["http_calls"]) == (3, 1, 2)
