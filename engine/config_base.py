@@ -7,6 +7,7 @@ Every error is reported at once, each naming the dotted field and the offending 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +50,18 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+# A value is not echoed for an unknown field (its name is the mistake, and a key typed into the wrong place, e.g.
+# annotate.api_key=sk-..., would otherwise land in stderr and the job log) nor for a field named like a credential.
+_CREDENTIAL_NAME = re.compile(r"(?i)key|token|secret|password|passwd|auth|bearer|credential")
+
+
 def _format_errors(err: ValidationError) -> str:
     lines = []
     for item in err.errors():
         where = ".".join(str(p) for p in item["loc"]) or "<config>"
         value = item.get("input")
-        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        hidden = item["type"] == "extra_forbidden" or _CREDENTIAL_NAME.search(where)
+        shown = "" if isinstance(value, dict) else " (value not shown)" if hidden else f" (got {value!r})"
         lines.append(f"{where}: {item['msg']}{shown}")
     return "\n".join(lines)
 

@@ -91,3 +91,14 @@ def test_a_partial_stage_section_keeps_that_stages_defaults(tmp_path):
     config = load_config(EngineConfig, path, ["consistency.judge.enabled=false"])
     assert (config.describe.max_tokens, config.annotate.max_tokens) == (256, 1024)
     assert config.saber_test.judge.max_tokens == config.consistency.judge.max_tokens == 128
+
+
+def test_config_errors_never_echo_a_key_typed_in_the_wrong_place():
+    """An unknown field's value, or a credential-named field's, is not printed (it would reach the job log)."""
+    with pytest.raises(ConfigError) as err:
+        load_config(EngineConfig, "jobs/configs/demo.yaml", ["annotate.api_key=sk-live-123456", "block_rows=0",
+                                                             "media.fps=fast"])
+    message = str(err.value)
+    assert "sk-live-123456" not in message and "annotate.api_key: Extra inputs are not permitted (value not shown)" \
+        in message
+    assert "(got 0)" in message and "(got 'fast')" in message  # ordinary mistakes still show what was given
