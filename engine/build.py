@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from engine import holdout, monitoring, storage
+from engine.card import write_card
 from engine.config import EngineConfig, dump_config
 from engine.failures import RETRYABLE
 from engine.pipeline import build_plan, funnel_stages, minimum_resources, relation_plan
@@ -123,6 +124,7 @@ def run_build(config: EngineConfig) -> dict[str, Any]:
     report = build_report(table, funnel_stages(config), run, pending)
     report["splits"] = write_training_splits(config, table, writer.run_id)
     write_report(config.output, report)
+    write_card(config.output, table, report)
     return report
 
 
