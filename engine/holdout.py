@@ -196,5 +196,6 @@ def write_exports(output: str, train: list[dict[str, Any]], test: list[dict[str,
             fs.makedirs(f"{base}/{folder}", exist_ok=True)
             text = "".join(json.dumps(convert(r), ensure_ascii=False) + "\n" for r in records)
             fs.pipe_file(f"{base}/{folder}/saber_{split}.jsonl", text.encode("utf-8"))
-        info |= llama_factory_dataset_info(f"saber_{split}", f"saber_{split}.jsonl")
+        if records:  # an empty file listed in dataset_info.json crashes LLaMA-Factory's loader (StopIteration)
+            info |= llama_factory_dataset_info(f"saber_{split}", f"saber_{split}.jsonl")
     fs.pipe_file(f"{base}/llama_factory/dataset_info.json", json.dumps(info, indent=2).encode("utf-8"))
