@@ -1,21 +1,29 @@
-"""Engine throughput: the Ray Data plan against a plain sequential loop over the same stage objects.
+"""Engine throughput: the Ray Data plan against a plain sequential loop over the same stage objects; and the
+cost per clip of isolating the native media code (engine.isolation) against running it in-process.
 
-Both sides do identical work per clip (the same stage classes, the same config), on the same clips, in
-one process run, so the ratio says what the distribution buys on this machine and nothing else.
+Both sides of each comparison do identical work per clip, on the same clips, in one process run, so the
+ratio says what the distribution (or the isolation) costs or buys on this machine and nothing else.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import pickle
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import ray
 
-from engine.config import EngineConfig
+from engine.config import EngineConfig, MediaConfig
+from engine.isolation import ChildProcess
+from engine.media import CHILD_PRELOAD, MediaError, NativeCalls, encode_clip
 from engine.pipeline import build_plan, media_stages, source_to_rows
-from engine.schema import is_alive
+from engine.schema import AUDIO_SAMPLE_RATE, is_alive
 from engine.sources import list_source
 from engine.stages.asr import AsrWerFilterStage
 
@@ -102,3 +110,116 @@ def benchmark_engine(config: EngineConfig, repeats: int = 1) -> dict:
                 run["speedup_vs_all_threads"] = round(engine.clips_per_s / threaded.clips_per_s, 3)
             results["runs"].append(run)
     return results
+
+
+# ---- media isolation ------------------------------------------------------------------------------------------
+ProbeDecode = Callable[[Any, dict[str, Any]], Any]  # (source, decode kwargs) -> (ProbeResult, EncodedClip)
+
+
+def _through(native: Any) -> ProbeDecode:
+    """Probe then decode as the stages do: two calls through `native` (NativeCalls, or a per-clip wrapper)."""
+    def run(source: Any, kwargs: dict[str, Any]) -> Any:
+        probed = native("engine.media.probe", source)
+        return probed, native("engine.media.decode_encoded", "engine.media.decode", source, probed, **kwargs)
+    return run
+
+
+def _raw_frames_back(native: Any) -> ProbeDecode:
+    """As _through, but the decoded frames cross as arrays and are JPEG-encoded on this side."""
+    def run(source: Any, kwargs: dict[str, Any]) -> Any:
+        probed = native("engine.media.probe", source)
+        decode_kwargs = {key: value for key, value in kwargs.items() if key != "jpeg_quality"}
+        return probed, encode_clip(native("engine.media.decode", source, probed, **decode_kwargs),
+                                   kwargs["jpeg_quality"])
+    return run
+
+
+def _native(isolation: str, config: MediaConfig) -> Callable[..., Any]:
+    calls = NativeCalls("bench", isolation, config.decode_timeout_s, config.decode_attempts)
+    return lambda function, *args, **kwargs: calls.run("bench", function, *args, **kwargs)
+
+
+def _engine_calls(isolation: str, config: MediaConfig) -> ProbeDecode:
+    return _through(_native(isolation, config))
+
+
+def _forked(run: ProbeDecode) -> ProbeDecode:
+    """`run` in a fork of this process per clip, its result pickled back through a pipe."""
+    def forked(source: Any, kwargs: dict[str, Any]) -> Any:
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            os.close(read_fd)
+            status = 1
+            try:
+                with os.fdopen(write_fd, "wb") as out:
+                    out.write(pickle.dumps(run(source, kwargs), pickle.HIGHEST_PROTOCOL))
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(write_fd)
+        with os.fdopen(read_fd, "rb") as result:
+            data = result.read()
+        if os.waitpid(pid, 0)[1] != 0:
+            raise RuntimeError("forked probe/decode failed")
+        return pickle.loads(data)
+    return forked
+
+
+def _fresh_interpreter_per_clip(source: Any, kwargs: dict[str, Any]) -> Any:
+    child = ChildProcess(CHILD_PRELOAD)
+    try:
+        return _through(lambda function, *args, **kw: child.call(function, args, kw, 120.0))(source, kwargs)
+    finally:
+        child.close()
+
+
+def benchmark_isolation(paths: list[Path], config: MediaConfig, repeats: int = 3) -> dict[str, Any]:
+    """Seconds per clip of the probe and decode stages' work (probe, decode, JPEG-encode the frames) in-process
+    and isolated each way, from local paths and from in-memory bytes (what a remote clip is), on the same clips
+    in the same process; per clip the fastest of `repeats` tries, the ways taking turns clip by clip so that a
+    busy spell hits every way alike. `long_lived_child_raw_frames` sends the raw frames back and encodes them
+    here (what the child saves by encoding them itself). Clips the media code rejects are left out.
+    """
+    kwargs = {"fps": config.fps, "max_frames": config.max_frames, "max_side": config.max_frame_side,
+              "sample_rate": AUDIO_SAMPLE_RATE, "jpeg_quality": config.jpeg_quality}
+    in_process = _engine_calls("none", config)
+    usable, reference = [], []
+    for path in paths:  # also warms the page cache and this process's imports
+        try:
+            reference.append(in_process(str(path), kwargs))
+            usable.append(path)
+        except MediaError:
+            continue
+    started = time.perf_counter()
+    child = _engine_calls("process", config)
+    child(str(usable[0]), kwargs)  # starts this process's media child
+    child_start_s = time.perf_counter() - started
+    blobs = [path.read_bytes() for path in usable]
+    ways: dict[str, tuple[ProbeDecode, str]] = {
+        "in_process": (in_process, "path"),
+        "long_lived_child": (child, "path"),
+        "long_lived_child_raw_frames": (_raw_frames_back(_native("process", config)), "path"),
+        "fork_per_clip": (_forked(in_process), "path"),
+        "fresh_interpreter_per_clip": (_fresh_interpreter_per_clip, "path"),
+        "in_process_bytes": (in_process, "bytes"),
+        "long_lived_child_bytes": (child, "bytes"),
+    }
+    best = {name: [float("inf")] * len(usable) for name in ways}  # per way, per clip: the fastest pass
+    identical = dict.fromkeys(ways, True)
+    for _ in range(repeats):
+        for i, path in enumerate(usable):
+            for name, (run, kind) in ways.items():
+                source = str(path) if kind == "path" else io.BytesIO(blobs[i])
+                started = time.perf_counter()
+                result = run(source, kwargs)
+                best[name][i] = min(best[name][i], time.perf_counter() - started)
+                identical[name] &= result == reference[i]  # ProbeResult, EncodedClip: every field, bytes included
+    mean = {name: sum(times) / len(times) for name, times in best.items()}
+    base = {"path": mean["in_process"], "bytes": mean["in_process_bytes"]}
+    return {"clips": len(usable), "repeats": repeats, "child_start_s": round(child_start_s, 3),
+            "cpus": os.cpu_count(),
+            "ways": {name: {"ms_per_clip": round(mean[name] * 1000, 2),
+                            "ratio_to_in_process": round(mean[name] / base[kind], 3),
+                            "same_result_as_in_process": identical[name]}
+                     for name, (_, kind) in ways.items()}}

@@ -31,6 +31,37 @@ class MediaConfig(ConfigSection):
     # Decoded duration may fall short of the container's claim by this fraction before the clip is
     # treated as truncated (encoders pad the last GOP, so exact equality is too strict).
     duration_tolerance: float = Field(0.25, ge=0, lt=1)
+    # Probe and decode run PyAV/decord in a child process per media worker (engine.isolation), so a clip that
+    # crashes or hangs the native code is rejected (probe|decode_crashed, probe|decode_timeout) instead of
+    # killing the worker; `none` runs them in the worker itself (debugging; a crash then takes the worker).
+    isolation: Literal["process", "none"] = "process"
+    # The decode function, `package.module.function` with engine.media.decode's signature (tests point it at
+    # a wrapper that crashes on chosen files).
+    decoder: str = "engine.media.decode"
+    # Per probe or decode call of one clip, and calls per clip before the crash or time-out is its verdict.
+    decode_timeout_s: float = Field(120.0, gt=0)
+    decode_attempts: int = Field(2, ge=1)
+    # Clips larger than this are rejected (`too_large`, probe stage) by their size alone, before a byte is
+    # fetched: a remote clip is held in memory whole. 0: no limit.
+    max_bytes: int = Field(2 * 1024**3, ge=0)
+    # Ray Data's DataContext.max_errored_blocks for the build's plan; see engine.pipeline.build_plan. -1: no limit.
+    max_errored_blocks: int = Field(3, ge=-1)
+
+    @field_validator("decoder")
+    @classmethod
+    def _decoder_importable(cls, value: str) -> str:
+        import importlib.util
+
+        module, _, name = value.rpartition(".")
+        if not module or not name.isidentifier():
+            raise ValueError("expected package.module.function")
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            raise ValueError(f"module {module!r} not found")
+        return value
 
     @model_validator(mode="after")
     def _durations_ordered(self) -> MediaConfig:

@@ -222,7 +222,20 @@ def relation_plan(table: pa.Table, config: EngineConfig) -> ray.data.Dataset:
 def build_plan(source: pa.Table, config: EngineConfig) -> ray.data.Dataset:
     """Source table -> dataset of clip-table rows (media columns dropped), one per source row."""
     res = config.resources
-    ds = table_blocks(source, config.block_rows)
+    # Blocks that may fail (their exception logged, their rows dropped) before the build stops. Every stage
+    # turns a bad clip into a rejected row, native media code runs in a child process (engine.isolation), and
+    # Ray retries tasks and actors on lost workers by itself, so an error that reaches Ray Data is a bug,
+    # possibly one that a rare clip triggers. Ray's default, 0, would let such a clip end a long build; no
+    # limit would let a bug that fails every block run through the whole input. media.max_errored_blocks
+    # (default 3) lies between: a systematic bug stops the build within a few blocks, and a dropped block's
+    # clips are simply not in clips/, so the next run processes them again. Set on the global context only
+    # while the first dataset is made: a dataset keeps a copy of the context it was created under.
+    context = ray.data.DataContext.get_current()
+    default, context.max_errored_blocks = context.max_errored_blocks, config.media.max_errored_blocks
+    try:
+        ds = table_blocks(source, config.block_rows)
+    finally:
+        context.max_errored_blocks = default
     ds = ds.map_batches(
         run_media_chain,
         fn_kwargs={"factories": media_stages(config), "expand_source": True},

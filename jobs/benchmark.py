@@ -2,6 +2,7 @@
 
     python jobs/benchmark.py engine [--clips .cache/demo_clips] [--repeats 1] [key=value ...]
     python jobs/benchmark.py sft [--steps 20] [key=value ...]
+    python jobs/benchmark.py isolation [--clips .cache/test_clips/asr] [--repeats 3] [key=value ...]
 
 `engine`: clips/s and media-seconds/s of the engine's Ray Data plan (media stages, then media + ASR)
 against a plain sequential Python loop running the same stage objects. Writes
@@ -9,6 +10,9 @@ outputs/benchmarks/engine.json and engine.png.
 `sft`: samples/s and peak memory of the SED-SFT recipe (Ray Train, 2 workers, DeepSpeed ZeRO-3 over
 gloo, tiny Omni thinker) against a plain single-process PyTorch loop on the same model and records.
 Writes outputs/benchmarks/sft.json.
+`isolation`: milliseconds per clip of probe + decode run in-process against each way of isolating the native
+media code (the engine's long-lived child process, a fork per clip, a fresh interpreter per clip), from paths
+and from in-memory bytes. Writes outputs/benchmarks/isolation.json.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import torch  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from engine.benchmarking import benchmark_engine  # noqa: E402
+from engine.benchmarking import benchmark_engine, benchmark_isolation  # noqa: E402
 from engine.config import EngineConfig, load_config  # noqa: E402
 from engine.demo_data import generate_demo_set  # noqa: E402
 
@@ -114,15 +118,24 @@ def _sed_records_from_demo(clips: Path, out: Path) -> Path:
     return out
 
 
+def write_isolation(args: argparse.Namespace, config: EngineConfig) -> int:
+    results = benchmark_isolation(sorted(args.clips.glob("*.mp4")), config.media, max(args.repeats, 3))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "isolation.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("target", choices=["engine", "sft"], help="what to benchmark")
+    parser.add_argument("target", choices=["engine", "sft", "isolation"], help="what to benchmark")
     parser.add_argument("--steps", type=int, default=20, help="sft: optimizer steps on each side")
     parser.add_argument("--clips", type=Path, default=REPO / ".cache" / "demo_clips",
                         help="clip folder; generated (the demo set) when missing")
     parser.add_argument("--config", type=Path, default=REPO / "jobs" / "configs" / "demo.yaml", help="engine config")
-    parser.add_argument("--repeats", type=int, default=1, help="baseline/engine pairs per stage set")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="engine: baseline/engine pairs per stage set; isolation: passes per way (best counts)")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "benchmarks", help="where the JSON/PNG go")
     parser.add_argument("overrides", nargs="*", help="config overrides as dotted key=value")
     args = parser.parse_intermixed_args(argv)
@@ -132,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         return benchmark_sft(args)
     config = load_config(EngineConfig, args.config, args.overrides,
                          {"input": str(args.clips.resolve()), "output": str(args.out.resolve())})
+    if args.target == "isolation":
+        return write_isolation(args, config)
     results = benchmark_engine(config, args.repeats)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "engine.json").write_text(json.dumps(results, indent=2))

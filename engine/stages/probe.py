@@ -1,17 +1,19 @@
-"""Probe + technical filter: unreadable containers, missing tracks, abnormal durations, low resolution."""
+"""Probe + technical filter: oversized files, unreadable containers, missing tracks, abnormal durations, low
+resolution."""
 
 from __future__ import annotations
 
 from engine.config import MediaConfig
-from engine.media import MediaError, ProbeResult, open_source, probe
+from engine.media import MediaError, NativeCalls, ProbeResult, check_size, open_source
 from engine.stages.base import Row, RowStage
 
 
 class ProbeStage(RowStage):
     """Reads container metadata (no decoding) and rejects clips the paper's technical filter removes.
 
-    The fetched media is left on the row under `_media` so the decode stage, chained in the same actor,
-    does not fetch it again.
+    The size limit is checked before the clip is fetched; PyAV then reads the container in the media child
+    process (see engine.isolation), where a crash or a hang rejects this clip only. The fetched media is
+    left on the row under `_media` so the decode stage, chained in the same task, does not fetch it again.
     """
 
     name = "probe"
@@ -20,13 +22,15 @@ class ProbeStage(RowStage):
 
     def __init__(self, config: MediaConfig) -> None:
         self.config = config
+        self.native = NativeCalls("probe", config.isolation, config.decode_timeout_s, config.decode_attempts)
 
     def process_row(self, row: Row) -> None:
         try:
+            check_size(row["source_uri"], self.config.max_bytes)
             source = open_source(row["source_uri"])
         except FileNotFoundError as err:
             raise MediaError("source_missing", str(err)) from None
-        result = probe(source)
+        result = self.native.run(row["source_uri"], "engine.media.probe", source)
         row.update(result.__dict__)
         row["_media"] = source
         self._check(result)
