@@ -173,6 +173,10 @@ class SaberTestConfig(ConfigSection):
     enabled: bool = False
     per_subset: int = Field(900, ge=1)
     judge: JudgeStageConfig = JudgeStageConfig()
+    # Recordings (source_video) never straddle the split. With this, speakers do not either: every clip of a test
+    # clip's speaker (the manifest's `speaker`, from the corpus adapters) leaves sed/ too. Clips without a speaker
+    # are grouped by recording only.
+    hold_out_speakers: bool = False
 
     @model_validator(mode="after")
     def _judge_when_enabled(self) -> SaberTestConfig:

@@ -22,7 +22,7 @@ from engine import storage
 from engine.exports import llama_factory_dataset_info, to_llama_factory, to_ms_swift
 from engine.failures import FINAL, GAVE_UP, RETRYABLE
 from engine.ledger import settle
-from engine.saber_test import SaberTestCandidate, select_test, split_train
+from engine.saber_test import SaberTestCandidate, group_stats, select_test, split_train
 from engine.schema import ANNOTATION_FIELDS
 from engine.sed import SED_SCHEMA, sed_record
 from engine.stages.base import Row
@@ -137,27 +137,38 @@ class Splits:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-def make_splits(candidates: pa.Table, verdicts: dict[str, dict[str, Any]] | None, per_subset: int) -> Splits:
-    """SED records for every candidate; with verdicts, the SABER-Test selection and the leakage-free rest."""
+def make_splits(candidates: pa.Table, verdicts: dict[str, dict[str, Any]] | None, per_subset: int,
+                hold_out_speakers: bool = False) -> Splits:
+    """SED records for every candidate; with verdicts, the SABER-Test selection and the leakage-free rest: no
+    recording, and with `hold_out_speakers` no speaker, has clips on both sides."""
     rows = candidates.to_pylist()
     records = [sed_record(row) for row in rows]
     if verdicts is None:
         return Splits(train=records, stats={"sed_records": len(records), "sed_train": len(records)})
     judged = [verdicts[r["clip_id"]] for r in rows if r["clip_id"] in verdicts]
-    chosen = select_test([SaberTestCandidate(v["clip_id"], v["source_video"], v["av_relation"], v["av_intensity"],
-                                             v["av_reason"] or "") for v in judged if v["verdict"] == "ok"],
-                         per_subset)
+    # Groups come from the clip table as it is now (a rerun with a corrected manifest regroups without re-judging).
     video_of = {r["clip_id"]: r["source_video"] or r["source_uri"] for r in rows}
-    train = split_train(records, chosen, video_of)
+    speaker_of = {r["clip_id"]: r.get("speaker") for r in rows}
+    chosen = select_test([SaberTestCandidate(v["clip_id"], video_of[v["clip_id"]], v["av_relation"],
+                                             v["av_intensity"], v["av_reason"] or "", speaker_of[v["clip_id"]])
+                          for v in judged if v["verdict"] == "ok"], per_subset)
+    train = split_train(records, chosen, video_of, speaker_of if hold_out_speakers else None)
     by_id = {r["clip_id"]: r for r in rows}
     test = [_test_record(by_id[c.clip_id], c) for c in chosen]
     selected = Counter(c.relation for c in chosen)
+    test_ids, train_ids = [c.clip_id for c in chosen], [r["clip_id"] for r in train]
+    test_videos = {video_of[i] for i in test_ids}
+    held_out = set(video_of) - set(test_ids) - set(train_ids)
     stats = {
         "sed_records": len(records), "sed_train": len(train),
         "saber_test": {"consistent": selected["consistent"], "inconsistent": selected["inconsistent"],
                        "requested_per_subset": per_subset},
-        # Clips neither in the test split nor in training: they share a recording with a test clip.
-        "held_out_same_video": len(records) - len(train) - len(test),
+        # Clips neither in the test split nor in training: they share a recording with a test clip, or (held out
+        # by speaker) only a speaker.
+        "held_out_same_video": sum(video_of[i] in test_videos for i in held_out),
+        "held_out_same_speaker": sum(video_of[i] not in test_videos for i in held_out),
+        "groups": {"by": ["source_video", "speaker"] if hold_out_speakers else ["source_video"],
+                   **group_stats(test_ids, train_ids, video_of, speaker_of)},
         "relations": _relation_stats(judged),
     }
     return Splits(train=train, test=test, stats=stats)

@@ -33,6 +33,13 @@ CLIP_FIELDS: list[pa.Field] = [
     # The recording a clip was cut from (several utterances of one dialogue share it): the unit that
     # SABER-Test holds out, so no recording has clips on both sides of the split.
     pa.field("source_video", pa.string()),
+    # From the corpus adapters (engine.corpora): the person speaking (SABER-Test can hold out whole speakers), the
+    # unified emotion beside the corpus's own `label`, the corpus's split, and its extras (intensity, sentiment,
+    # valence ...) as JSON text. Null for inputs that did not come through an adapter.
+    pa.field("speaker", pa.string()),
+    pa.field("emotion", pa.string()),
+    pa.field("corpus_split", pa.string()),
+    pa.field("corpus_extras", pa.string()),
     pa.field("status", pa.string(), nullable=False),
     pa.field("reject_stage", pa.string()),
     pa.field("reject_reason", pa.string()),

@@ -22,6 +22,8 @@ from engine.schema import clip_id_for
 
 log = logging.getLogger(__name__)
 
+# Manifest columns carried into the clip table as they are (null when absent): written by the corpus adapters.
+CORPUS_COLUMNS = ("speaker", "emotion", "corpus_split", "corpus_extras")
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".flv", ".mpg", ".mpeg", ".ts")
 MANIFEST_EXTENSIONS = (".jsonl", ".csv", ".parquet")
 
@@ -33,6 +35,11 @@ SOURCE_SCHEMA = pa.schema(
         pa.field("lang", pa.string()),
         pa.field("label", pa.string()),
         pa.field("source_video", pa.string()),
+        # Manifest columns written by the corpus adapters (engine.corpora); see engine.schema.CLIP_FIELDS.
+        pa.field("speaker", pa.string()),
+        pa.field("emotion", pa.string()),
+        pa.field("corpus_split", pa.string()),
+        pa.field("corpus_extras", pa.string()),
         pa.field("annotation_raw", pa.string()),
         pa.field("annotation_uri", pa.string()),
     ]
@@ -49,7 +56,9 @@ def list_source(uri: str, dataset: str = "unknown", lang: str | None = None,
 
     `source_video` comes from the manifest's column of that name, else from `source_video_pattern` (a regex
     searched in the clip's URI: its group "video", else its first group, else the whole match), else it is
-    the clip's own URI (every clip its own recording).
+    the clip's own URI (every clip its own recording). A manifest's `speaker`, `emotion`, `corpus_split` and
+    `corpus_extras` columns (the corpus adapters' output, jobs/prepare_corpora.py) travel with each clip into the
+    clip table.
     """
     uri = storage.absolute(uri)
     if uri.lower().endswith(MANIFEST_EXTENSIONS):
@@ -112,6 +121,7 @@ def _folder_rows(uri: str, dataset: str, lang: str | None) -> list[dict[str, Any
                 lang=lang,
                 label=None,
                 source_video=None,
+                **dict.fromkeys(CORPUS_COLUMNS),
                 annotation_raw=None,
                 annotation_uri=storage.as_uri(uri, sidecar) if sidecar in present else None,
             )
@@ -154,12 +164,11 @@ def _manifest_rows(uri: str, dataset: str, lang: str | None) -> list[dict[str, A
 
 
 def _manifest_row(rec: dict[str, Any], base: str, dataset: str, lang: str | None) -> dict[str, Any]:
-    raw_uri = str(rec["uri"])
-    # Relative URIs in a manifest are relative to the manifest itself, not to the process's cwd.
-    source_uri = raw_uri if storage.is_remote(raw_uri) or raw_uri.startswith("/") else storage.join(base, raw_uri)
+    source_uri = _resolve(str(rec["uri"]), base)
     annotation = rec.get("annotation")
     if annotation is not None and not isinstance(annotation, str):
         annotation = json.dumps(annotation, ensure_ascii=False)
+    sidecar = _text(rec.get("annotation_uri"))
     return dict(
         clip_id=clip_id_for(source_uri),
         source_uri=source_uri,
@@ -167,9 +176,24 @@ def _manifest_row(rec: dict[str, Any], base: str, dataset: str, lang: str | None
         lang=_text(rec.get("lang")) or lang,
         label=_text(rec.get("label")),
         source_video=_text(rec.get("source_video")),
+        **{name: _json_text(rec.get(name)) for name in CORPUS_COLUMNS},
         annotation_raw=annotation or None,
-        annotation_uri=None,
+        # A sidecar annotation named by the manifest (jobs/prepare_corpora.py --sidecar-annotations); an inline
+        # `annotation` wins (engine.stages.annotation_check reads the sidecar only without one).
+        annotation_uri=_resolve(sidecar, base) if sidecar else None,
     )
+
+
+def _resolve(uri: str, base: str) -> str:
+    """Relative URIs in a manifest are relative to the manifest itself, not to the process's cwd."""
+    return uri if storage.is_remote(uri) or uri.startswith("/") else storage.join(base, uri)
+
+
+def _json_text(value: Any) -> str | None:
+    """A column value as text; an object (a JSON manifest's inline corpus_extras) as JSON text."""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False, sort_keys=True) if value else None
+    return _text(value)
 
 
 def _text(value: Any) -> str | None:

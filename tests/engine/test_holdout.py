@@ -65,8 +65,11 @@ def test_splits_sizes_ordering_and_no_recording_on_both_sides():
     test_videos = {r["source_video"] for r in splits.test}
     assert not test_videos & {r["source_video"] for r in splits.train}
     assert splits.stats == {
-        "sed_records": 8, "sed_train": 3, "held_out_same_video": 1,
+        "sed_records": 8, "sed_train": 3, "held_out_same_video": 1, "held_out_same_speaker": 0,
         "saber_test": {"consistent": 2, "inconsistent": 2, "requested_per_subset": 2},
+        # Test recordings v1, v2, v5; training v3, v4, v6. No clip has a speaker.
+        "groups": {"by": ["source_video"], "recordings": {"test": 3, "train": 3, "shared": 0},
+                   "speakers": {"test": 0, "train": 0, "shared": 0, "test_clips_without_speaker": 4}},
         "relations": {"judged": 8, "consistent": 3, "inconsistent": 4, "failed": {"judge_unparseable": 1}}}
     # The test split carries the reference annotation for evaluation, and the SED target parses.
     assert splits.test[0]["facial_exp_desc"] == "Smile."
@@ -189,3 +192,54 @@ def test_an_empty_split_is_not_listed_for_llama_factory(tmp_path):
     info = json.loads((tmp_path / "exports" / "llama_factory" / "dataset_info.json").read_text())
     assert set(info) == {"saber_train"}
     assert (tmp_path / "exports" / "llama_factory" / "saber_test.jsonl").read_text() == ""
+
+
+# (name, recording, speaker, relation, intensity): h shares recording v1 with a; b shares speaker A with a; f
+# shares speaker B with c; e has no speaker.
+SPEAKER_SPEC = [("a", "v1", "A", "inconsistent", 9), ("b", "v2", "A", "consistent", 2),
+                ("c", "v3", "B", "consistent", 10), ("d", "v4", "C", "inconsistent", 1),
+                ("e", "v5", None, "consistent", 5), ("f", "v6", "B", "inconsistent", 3),
+                ("g", "v7", "D", "consistent", 1), ("h", "v1", "E", "consistent", 0)]
+
+
+def _speaker_splits(hold_out_speakers):
+    rows = []
+    for name, video, speaker, _, _ in SPEAKER_SPEC:
+        row = new_row(f"/d/{name}.mp4", source_video=video, speaker=speaker, status="kept", **FIELDS)
+        rows.append({k: row[k] for k in CLIP_SCHEMA.names})
+    clips = pa.Table.from_pylist(rows, schema=CLIP_SCHEMA)
+    verdicts = _verdicts(clips, {name: (relation, intensity) for name, _, _, relation, intensity in SPEAKER_SPEC})
+    splits = holdout.make_splits(holdout.sed_candidates(clips), verdicts, per_subset=1,
+                                 hold_out_speakers=hold_out_speakers)
+    name = {r["clip_id"]: r["source_uri"].rsplit("/", 1)[1][:-4] for r in clips.to_pylist()}
+    return splits, sorted(name[r["clip_id"]] for r in splits.test), sorted(name[r["clip_id"]] for r in splits.train)
+
+
+def test_speakers_are_held_out_on_request_and_the_stats_count_both_groupings():
+    # Top consistent: c (10); top inconsistent: a (9). Test recordings v1, v3; test speakers A, B.
+    by_video, test, train = _speaker_splits(hold_out_speakers=False)
+    assert test == ["a", "c"]
+    assert train == ["b", "d", "e", "f", "g"]  # h leaves with recording v1; b and f keep speakers A and B
+    assert by_video.stats["held_out_same_video"] == 1 and by_video.stats["held_out_same_speaker"] == 0
+    assert by_video.stats["groups"] == {
+        "by": ["source_video"], "recordings": {"test": 2, "train": 5, "shared": 0},
+        "speakers": {"test": 2, "train": 4, "shared": 2, "test_clips_without_speaker": 0}}
+
+    by_speaker, test, train = _speaker_splits(hold_out_speakers=True)
+    assert test == ["a", "c"]
+    assert train == ["d", "e", "g"]  # b (speaker A) and f (speaker B) leave too; e has no speaker and stays
+    assert by_speaker.stats["sed_train"] == 3
+    assert by_speaker.stats["held_out_same_video"] == 1 and by_speaker.stats["held_out_same_speaker"] == 2
+    assert by_speaker.stats["groups"] == {
+        "by": ["source_video", "speaker"], "recordings": {"test": 2, "train": 3, "shared": 0},
+        "speakers": {"test": 2, "train": 2, "shared": 0, "test_clips_without_speaker": 0}}
+
+
+def test_groups_come_from_the_clip_table_not_from_the_verdicts_of_an_earlier_build():
+    """relations/ keeps the source_video a clip had when it was judged; a corrected manifest regroups it."""
+    clips = _clips(SPEC)
+    verdicts = _verdicts(clips, JUDGED)
+    for verdict in verdicts.values():
+        verdict["source_video"] = "stale"  # as if every clip had been judged under one old recording name
+    splits = holdout.make_splits(holdout.sed_candidates(clips), verdicts, per_subset=2)
+    assert len(splits.test) == 4 and splits.stats["groups"]["recordings"]["test"] == 3

@@ -1,5 +1,5 @@
 from engine.exports import llama_factory_dataset_info, to_llama_factory, to_ms_swift
-from engine.saber_test import SaberTestCandidate, select_test, split_train
+from engine.saber_test import SaberTestCandidate, group_stats, select_test, split_train
 
 
 def _c(cid, video, relation, intensity):
@@ -46,3 +46,25 @@ def test_exports_carry_the_same_chat_and_media():
         assert row["videos"] == row["audios"] == ["s3://b/x.mp4"]
     info = llama_factory_dataset_info("saber_sed", "sed_llamafactory.jsonl")
     assert info["saber_sed"]["columns"]["videos"] == "videos"
+
+
+def test_training_records_lose_every_clip_of_a_test_speaker_when_asked():
+    records = [{"clip_id": cid} for cid in ("a1", "b1", "b2", "c1", "n1")]
+    video_of = {"a1": "vidA", "b1": "vidB", "b2": "vidB2", "c1": "vidC", "n1": "vidN"}
+    speaker_of = {"a1": "ann", "b1": "bob", "b2": "bob", "c1": "ann", "n1": None}
+    test = [SaberTestCandidate("b1", "vidB", "consistent", 7, speaker="bob"),
+            SaberTestCandidate("n1", "vidN", "inconsistent", 5, speaker=None)]
+    # By recording only: b1 and n1 are test clips, b2 (another recording of bob) stays.
+    assert [r["clip_id"] for r in split_train(records, test, video_of)] == ["a1", "b2", "c1"]
+    # By speaker too: b2 leaves with bob; n1's unknown speaker holds out nobody else.
+    assert [r["clip_id"] for r in split_train(records, test, video_of, speaker_of)] == ["a1", "c1"]
+
+
+def test_group_stats_count_each_side_and_the_overlap():
+    video_of = {"a1": "vidA", "a2": "vidA", "b1": "vidB", "c1": "vidC", "d1": "vidD"}
+    speaker_of = {"a1": "ann", "a2": "ann", "b1": "bob", "c1": "ann", "d1": None}
+    stats = group_stats(["a1", "d1"], ["b1", "c1"], video_of, speaker_of)
+    # Test: recordings vidA, vidD; speaker ann (d1 has none). Training: vidB, vidC; bob and ann -> ann shared.
+    assert stats == {"recordings": {"test": 2, "train": 2, "shared": 0},
+                     "speakers": {"test": 1, "train": 2, "shared": 1, "test_clips_without_speaker": 1}}
+    assert group_stats(["a1"], ["a2"], video_of, speaker_of)["recordings"]["shared"] == 1

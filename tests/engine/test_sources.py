@@ -84,3 +84,37 @@ def test_source_video_from_manifest_column_pattern_or_the_clip_itself(tmp_path):
     plain = list_source(str(tmp_path / "m.jsonl")).to_pylist()
     assert [r["source_video"] for r in plain] == [r["source_uri"] if "dia9" not in r["source_uri"] else "given"
                                                  for r in plain]
+
+
+def test_corpus_manifest_columns_travel_into_the_clip_table(tmp_path):
+    """The corpus adapters' columns (speaker, emotion, corpus_split, corpus_extras) and a sidecar annotation named
+    by the manifest reach the clip rows the pipeline builds."""
+    from engine.corpora import MANIFEST_SCHEMA
+    from engine.pipeline import source_to_rows
+    from engine.schema import CLIP_SCHEMA
+
+    pq.write_table(pa.Table.from_pylist([
+        {"uri": "/meld/dia0_utt0.mp4", "dataset": "MELD", "lang": "en", "label": "joy", "emotion": "happiness",
+         "speaker": "meld/Rachel", "source_video": "meld/train/dia0", "corpus_split": "train",
+         "corpus_extras": '{"sentiment": "positive"}', "annotation_uri": "ann/dia0_utt0.json"},
+        {"uri": "/ravdess/01-01-01-01-01-01-01.mp4", "dataset": "RAVDESS"},
+    ], schema=MANIFEST_SCHEMA), tmp_path / "m.parquet")
+    rows = {r["source_uri"]: r for r in source_to_rows(list_source(str(tmp_path / "m.parquet")))}
+    meld = rows["/meld/dia0_utt0.mp4"]
+    assert (meld["speaker"], meld["emotion"], meld["label"], meld["corpus_split"]) == (
+        "meld/Rachel", "happiness", "joy", "train")
+    assert json.loads(meld["corpus_extras"]) == {"sentiment": "positive"}
+    assert meld["annotation_uri"] == str(tmp_path / "ann" / "dia0_utt0.json")  # relative to the manifest
+    plain = rows["/ravdess/01-01-01-01-01-01-01.mp4"]
+    assert plain["speaker"] is plain["emotion"] is plain["corpus_extras"] is plain["annotation_uri"] is None
+    assert {"speaker", "emotion", "corpus_split", "corpus_extras"} <= set(CLIP_SCHEMA.names)
+
+
+def test_jsonl_manifest_extras_given_as_an_object_become_json_text(tmp_path):
+    (tmp_path / "m.jsonl").write_text(json.dumps({"uri": "/x/a.mp4", "speaker": "s1", "corpus_extras": {
+        "valence": -1.5, "intensity": "high"}}) + "\n")
+    row = list_source(str(tmp_path / "m.jsonl")).to_pylist()[0]
+    assert row["speaker"] == "s1" and json.loads(row["corpus_extras"]) == {"valence": -1.5, "intensity": "high"}
+    folder = tmp_path / "clips"
+    _touch(folder / "b.mp4")
+    assert list_source(str(folder)).to_pylist()[0]["speaker"] is None
