@@ -106,12 +106,17 @@ def run_build(config: EngineConfig) -> dict[str, Any]:
             monitoring.record_clip_batch(batch)
     writer.close()
     log.info("%s", progress.line())
+    unprocessed = todo.num_rows - progress.done
+    if unprocessed:  # blocks Ray Data dropped under media.max_errored_blocks: not finished, the next run does them
+        log.warning("[build_saber] %d clips came back from no block (errored blocks, see Ray's log): they are not "
+                    "finished; run the same command again to process them", unprocessed)
     run = {
         "run_id": writer.run_id,
         "processed": progress.done,
         "skipped_already_done": skipped,
         "duplicates_dropped": writer.duplicates_dropped,
         "retryable_failures": writer.retries_recorded,
+        "unprocessed": unprocessed,
         "seconds": round(progress.elapsed, 3),
         "clips_per_s": round(progress.done / progress.elapsed, 4),
         "media_seconds_per_s": round(progress.media_seconds / progress.elapsed, 4),
