@@ -161,7 +161,8 @@ def write_training_splits(config: EngineConfig, table: pa.Table, run_id: str) ->
         if pending.num_rows:
             judge_relations(config, pending, run_id)
             verdicts = holdout.latest_verdicts(holdout.read_relations(config.output))
-    splits = holdout.make_splits(candidates, verdicts, config.saber_test.per_subset)
+    splits = holdout.make_splits(candidates, verdicts, config.saber_test.per_subset,
+                                 hold_out_speakers=config.saber_test.hold_out_speakers)
     holdout.write_splits(config.output, splits, with_test=config.saber_test.enabled)
     log.info("[build_saber] splits: %s", splits.stats)
     return splits.stats

@@ -86,13 +86,15 @@ def test_saber_test_split_by_hand_and_a_rerun_judges_nothing_again(asr_set, tmp_
     assert not {r["source_video"] for r in test} & {f"rec{i // 2}" for i in train}
     report = json.loads((out / "report.json").read_text())
     assert report["splits"] == {
-        "sed_records": 16, "sed_train": 8, "held_out_same_video": 4,
+        "sed_records": 16, "sed_train": 8, "held_out_same_video": 4, "held_out_same_speaker": 0,
+        "groups": {"by": ["source_video"], "recordings": {"test": 4, "train": 4, "shared": 0},
+                   "speakers": {"test": 0, "train": 0, "shared": 0, "test_clips_without_speaker": 4}},
         "saber_test": {"consistent": 2, "inconsistent": 2, "requested_per_subset": 2},
         "relations": {"judged": 16, "consistent": 8, "inconsistent": 7, "failed": {"judge_unparseable": 1}}}
     # One call per clip, clip 15 asked once more to repair its answer.
     assert calls_first == {**{i: 1 for i in range(15)}, 15: 2}
-    # The rerun: no clip to process, relations/ holds 15 verdicts, and clip 15's failed answers come from the
-    # response cache under OUTPUT/cache/relation: not one request reaches the server.
+    # The rerun: no clip to process, relations/ holds 15 verdicts and clip 15's final failure (unusable after the
+    # repair: engine.failures), so no clip is judged again: not one request reaches the server.
     assert calls_second == 0
     assert report["run"]["skipped_already_done"] == 16  # report.json is the rerun's, with the same splits
     for folder_name in ("ms_swift", "llama_factory"):
