@@ -73,11 +73,22 @@ class MediaConfig(ConfigSection):
 
 
 class NoiseConfig(ConfigSection):
-    """Background-noise filter: a speech SNR estimate from frame energies."""
+    """Background-noise filter: speech SNR with voice-activity detection (engine.snr: Silero VAD; the noise from the
+    pauses, or from the spectral floor when speech never pauses)."""
 
     enabled: bool = True
     min_snr_db: float = 10.0
-    frame_ms: float = Field(32.0, gt=1, le=500)
+    # Silero's speech probability per 32 ms window: at least speech_prob is speech, below pause_prob a pause.
+    speech_prob: float = Field(0.5, gt=0, lt=1)
+    pause_prob: float = Field(0.2, gt=0, lt=1)
+    # Pauses adding up to less than this are too little noise to measure; the spectral floor is used instead.
+    min_pause_s: float = Field(0.25, ge=0)
+
+    @model_validator(mode="after")
+    def _probabilities_ordered(self) -> NoiseConfig:
+        if self.pause_prob > self.speech_prob:
+            raise ValueError(f"pause_prob ({self.pause_prob}) must not exceed speech_prob ({self.speech_prob})")
+        return self
 
 
 class AsrConfig(ConfigSection):
