@@ -28,8 +28,9 @@ class MediaConfig(ConfigSection):
     # stages resize anyway; full HD frames in the object store would dominate memory).
     max_frame_side: int = Field(448, ge=28)
     jpeg_quality: int = Field(90, ge=10, le=100)
-    # Decoded duration may fall short of the container's claim by this fraction before the clip is
-    # treated as truncated (encoders pad the last GOP, so exact equality is too strict).
+    # Each decoded track may fall short of its own declared length, and the two together of the container's, by
+    # this fraction before the clip is treated as truncated (encoders pad the last GOP, so exact equality is too
+    # strict). A track that declares itself shorter than the clip (audio ending before trailing frames) is kept.
     duration_tolerance: float = Field(0.25, ge=0, lt=1)
     # Probe and decode run PyAV/decord in a child process per media worker (engine.isolation), so a clip that
     # crashes or hangs the native code is rejected (probe|decode_crashed, probe|decode_timeout) instead of

@@ -57,9 +57,25 @@ CLIP_FIELDS: list[pa.Field] = [
     pa.field("has_audio", pa.bool_()),
     pa.field("video_codec", pa.string()),
     pa.field("audio_codec", pa.string()),
+    # width x height above are as displayed: the picture turned `rotation` degrees clockwise (phone video) and
+    # stretched by its sample aspect ratio (anamorphic MPEG-2).
+    pa.field("rotation", pa.int32()),
+    # Each track's own declared length (null where the container keeps none, as mkv/webm/flv): the decode
+    # stage checks each decoded track against it, so a track shorter than the clip is not truncation.
+    pa.field("video_track_s", pa.float64()),
+    pa.field("audio_track_s", pa.float64()),
+    pa.field("audio_track", pa.int32()),  # the decoded one (the default-flagged, else the first), among audio tracks
+    pa.field("audio_channels", pa.int32()),  # of that track, before the downmix to mono
     # decode
     pa.field("n_frames", pa.int32()),
+    # The decoded video's length: the span the frames and the aligned audio refer to.
     pa.field("decoded_duration_s", pa.float64()),
+    # What decoded the frames: decord, or pyav where decord fails (some VP9) or misplaces them (MPEG-PS/TS).
+    pa.field("decoder", pa.string()),
+    # Audio start minus video start: the audio is put on the video's clock (a late start padded with silence,
+    # an early one cut), and the seconds of the video that have audio under them.
+    pa.field("audio_offset_s", pa.float64()),
+    pa.field("audio_covered_s", pa.float64()),
     # noise
     pa.field("snr_db", pa.float64()),
     # asr

@@ -9,7 +9,8 @@ from engine.stages.base import Row, RowStage
 
 
 class ProbeStage(RowStage):
-    """Reads container metadata (no decoding) and rejects clips the paper's technical filter removes.
+    """Reads container metadata (and the first frame, for its display rotation) and rejects clips the paper's
+    technical filter removes. Width and height are as displayed, so portrait phone video is judged upright.
 
     The size limit is checked before the clip is fetched; PyAV then reads the container in the media child
     process (see engine.isolation), where a crash or a hang rejects this clip only. The fetched media is
@@ -18,7 +19,8 @@ class ProbeStage(RowStage):
 
     name = "probe"
     requires = ("source_uri",)
-    produces = ("duration_s", "width", "height", "fps", "has_video", "has_audio", "video_codec", "audio_codec")
+    produces = ("duration_s", "width", "height", "fps", "has_video", "has_audio", "video_codec", "audio_codec",
+                "rotation", "video_track_s", "audio_track_s", "audio_track", "audio_channels")
 
     def __init__(self, config: MediaConfig) -> None:
         self.config = config

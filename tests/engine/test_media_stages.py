@@ -84,6 +84,9 @@ def test_stage_declares_what_it_produces(small_set):
         lead_in_dbfs = 10 * np.log10(np.mean(np.square(audio[: int(0.2 * 16000)], dtype=np.float64)))
         assert -56 < lead_in_dbfs < -44  # the room tone: neither speech nor digital silence
 
+    def audio_track_ok(seconds):
+        assert 0 <= seconds - duration < 1024 / 16000  # the AAC track's own length: whole 1024-sample frames
+
     def snr_ok(snr):
         # Quiet frames are the -50 dBFS room tone and no frame can exceed the 0.7 peak (-3 dBFS): SNR < 47 dB.
         assert math.isfinite(snr) and 25 < snr < 47
@@ -104,8 +107,16 @@ def test_stage_declares_what_it_produces(small_set):
         "has_audio": (bool, True),
         "video_codec": (str, "h264"),
         "audio_codec": (str, "aac"),
+        "rotation": (int, 0),
+        "video_track_s": (float, pytest.approx(duration, abs=1e-3)),  # the mp4 index's own length per track
+        "audio_track_s": (float, audio_track_ok),
+        "audio_track": (int, 0),
+        "audio_channels": (int, 1),
         "n_frames": (int, n_frames),
-        "decoded_duration_s": (float, pytest.approx(duration)),  # min(video frames / 10 fps, longer audio)
+        "decoded_duration_s": (float, pytest.approx(duration)),  # the video's: frames of 0.1 s
+        "decoder": (str, "decord"),
+        "audio_offset_s": (float, 0.0),  # both tracks start at 0 (the AAC priming is cut by the mp4's edit list)
+        "audio_covered_s": (float, pytest.approx(duration)),  # audio under every frame
         "frames_jpeg": (list, frames_ok),
         "frame_times": (list, times_ok),
         "audio_pcm": (bytes, audio_ok),
@@ -155,6 +166,30 @@ def test_container_claiming_more_than_it_holds_is_a_duration_mismatch(small_set)
     row["duration_s"] *= 2  # as a container whose header lies about its length
     row = DecodeStage(MediaConfig())([row])[0]
     assert (row["status"], row["reject_reason"]) == ("rejected", "duration_mismatch")
+
+
+@pytest.mark.parametrize("track", ["video", "audio"])
+def test_a_track_holding_less_than_its_own_declared_length_is_a_duration_mismatch(small_set, track):
+    folder, clips = small_set
+    good = next(c for c in clips if c.kind == "good")
+    row = _run(_rows(folder, [good]), ProbeStage(MediaConfig()))[0]
+    declared = row[f"{track}_track_s"]
+    row[f"{track}_track_s"] = declared * 2  # as a track whose index claims twice what it holds
+    row = DecodeStage(MediaConfig())([row])[0]
+    assert (row["status"], row["reject_reason"]) == ("rejected", "duration_mismatch")
+    kind, decoded, rest = row["reject_detail"].removeprefix("decoded ").split(" ", 2)
+    assert (kind, rest) == (track, f"of its declared {2 * declared:.2f}s")  # only this track fell short
+    assert 0 <= float(decoded.removesuffix("s")) - declared < 0.07  # all of it decoded (AAC: whole 64 ms frames)
+
+
+def test_audio_is_put_on_the_video_clock():
+    from engine.media import on_video_clock
+
+    audio = np.arange(1, 6, dtype=np.float32)
+    assert on_video_clock(audio, 0.2, 10).tolist() == [0, 0, 1, 2, 3, 4, 5]  # starts 0.2 s late: 2 samples padded
+    assert on_video_clock(audio, -0.2, 10).tolist() == [3, 4, 5]  # starts 0.2 s early: cut
+    assert on_video_clock(audio, 0.04, 10).tolist() == audio.tolist()  # less than half a sample
+    assert on_video_clock(audio[:0], 0.5, 10).size == 0  # no audio stays no audio (the noise stage says so)
 
 
 def test_remote_bytes_path_gives_the_same_probe(small_set, monkeypatch):
