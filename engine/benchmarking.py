@@ -1,5 +1,6 @@
-"""Engine throughput: the Ray Data plan against a plain sequential loop over the same stage objects; and the
-cost per clip of isolating the native media code (engine.isolation) against running it in-process.
+"""Engine throughput: the Ray Data plan against a plain sequential loop over the same stage objects; the
+cost per clip of isolating the native media code (engine.isolation) against running it in-process; and Whisper
+transcribing clips batched against one by one.
 
 Both sides of each comparison do identical work per clip, on the same clips, in one process run, so the
 ratio says what the distribution (or the isolation) costs or buys on this machine and nothing else.
@@ -19,6 +20,7 @@ from typing import Any
 import pyarrow as pa
 import ray
 
+from engine.backends.whisper import load_whisper, transcribe, transcribe_batch
 from engine.config import EngineConfig, MediaConfig
 from engine.isolation import ChildProcess
 from engine.media import CHILD_PRELOAD, MediaError, NativeCalls, encode_clip
@@ -26,6 +28,8 @@ from engine.pipeline import build_plan, media_stages, source_to_rows
 from engine.schema import AUDIO_SAMPLE_RATE, is_alive
 from engine.sources import list_source
 from engine.stages.asr import AsrWerFilterStage
+from engine.stages.decode import audio_from_row
+from engine.text import error_rate, normalise
 
 
 @dataclass(frozen=True)
@@ -223,3 +227,71 @@ def benchmark_isolation(paths: list[Path], config: MediaConfig, repeats: int = 3
                             "ratio_to_in_process": round(mean[name] / base[kind], 3),
                             "same_result_as_in_process": identical[name]}
                      for name, (_, kind) in ways.items()}}
+
+
+# ---- batched ASR ----------------------------------------------------------------------------------------------
+def benchmark_asr(config: EngineConfig, repeats: int = 2, batch_sizes: tuple[int, ...] = (4, 16)) -> dict[str, Any]:
+    """Clips/s of Whisper on the same decoded clips, one by one (WhisperModel.transcribe: the ASR actor before
+    batching) and batched (transcribe_batch, `size` clips per call: the actor now) at each batch size, with one
+    model object in one process; the best of `repeats` passes each, passes interleaved so that a busy spell hits
+    every way alike. The process's CPU time per pass is reported beside the wall time: on a shared machine it
+    shows the work each way does apart from what other processes take. Also how many transcripts and WER verdicts
+    (asr.max_wer) the batched ways share with the one-by-one way."""
+    rows = _decoded_rows(config)
+    clips = [audio_from_row(row) for row in rows]
+    model = load_whisper(config.asr)
+    language = (config.asr.language or "en") if model.model.is_multilingual else None
+    beam = config.asr.beam_size
+    transcribe(model, clips[0], language, beam)  # warm-up: first-call allocations and caches
+    ways: dict[str, Callable[[], list[str]]] = {
+        "one_by_one": lambda: [transcribe(model, clip, language, beam).text for clip in clips]}
+    for size in batch_sizes:
+        ways[f"batched_{size}"] = lambda size=size: [
+            t.text for start in range(0, len(clips), size)
+            for t in transcribe_batch(model, clips[start:start + size], language, beam, size)]
+    best, cpu = dict.fromkeys(ways, float("inf")), dict.fromkeys(ways, float("inf"))
+    texts: dict[str, list[str]] = {}
+    for _ in range(repeats):
+        for name, run in ways.items():
+            started, started_cpu = time.perf_counter(), time.process_time()
+            texts[name] = run()
+            best[name] = min(best[name], time.perf_counter() - started)
+            cpu[name] = min(cpu[name], time.process_time() - started_cpu)
+    audio_s = sum(clip.size for clip in clips) / AUDIO_SAMPLE_RATE
+    verdicts = {name: _verdicts(rows, found, config.asr.max_wer) for name, found in texts.items()}
+    return {"clips": len(clips), "audio_seconds": round(audio_s, 2), "repeats": repeats, "cpus": os.cpu_count(),
+            "model": config.asr.model, "device": config.asr.device, "compute_type": config.asr.compute_type,
+            "cpu_threads": config.asr.cpu_threads, "beam_size": beam,
+            "ways": {name: {"seconds": round(best[name], 3), "clips_per_s": round(len(clips) / best[name], 3),
+                            "audio_s_per_s": round(audio_s / best[name], 2),
+                            "ratio_to_one_by_one": round(best["one_by_one"] / best[name], 3),
+                            "cpu_seconds": round(cpu[name], 3),
+                            "cpu_ratio_to_one_by_one": round(cpu["one_by_one"] / cpu[name], 3),
+                            "same_transcript_as_one_by_one": sum(
+                                a == b for a, b in zip(texts[name], texts["one_by_one"], strict=True)),
+                            "same_verdict_as_one_by_one": sum(
+                                a == b for a, b in zip(verdicts[name], verdicts["one_by_one"], strict=True)),
+                            "rejected_by_wer": sum(v is True for v in verdicts[name])}
+                     for name in ways}}
+
+
+def _decoded_rows(config: EngineConfig) -> list[dict]:
+    """The source's clips through the media stages (as the engine runs them): the live rows, audio decoded."""
+    source = list_source(config.input, config.dataset, config.lang, config.source_video_pattern)
+    rows = source_to_rows(source.slice(0, config.limit) if config.limit else source)
+    for factory in media_stages(config):
+        rows = factory()(rows)
+    live = [row for row in rows if is_alive(row)]
+    if not live:
+        raise ValueError(f"no clip of {config.input} survives the media stages")
+    return live
+
+
+def _verdicts(rows: list[dict], texts: list[str], max_wer: float) -> list[bool | None]:
+    """Rejected by the WER check (True/False) per clip, or None where there is no annotated speech to check."""
+    verdicts: list[bool | None] = []
+    for row, text in zip(rows, texts, strict=True):
+        reference, lang = row["speech_content"], row["lang"]
+        checked = bool(reference) and bool(normalise(reference, lang))
+        verdicts.append(error_rate(reference, text, lang)[1] > max_wer if checked else None)
+    return verdicts

@@ -106,7 +106,9 @@ class AsrConfig(ConfigSection):
     language: str | None = None
     beam_size: int = Field(1, ge=1, le=10)
     # Clips (30 s pieces) decoded together in one batched forward pass (faster-whisper's BatchedInferencePipeline);
-    # the pool's batch (resources.asr_batch_size) is split into decoding batches of at most this many.
+    # the pool's batch (resources.asr_batch_size) is split into decoding batches of at most this many. Meant for
+    # GPUs (not yet measured on one here). On CPU every clip still costs a full 30 s encoder window: tiny.en int8,
+    # 1 thread, 24 clips ran 1.0-1.06x one-by-one at 2-4 clips, 0.88x at 8-16 (jobs/benchmark.py asr): keep it small.
     batch_size: int = Field(16, ge=1)
     # Annotation and transcript are normalised alike first (engine.text: numbers, currency, spellings, ...).
     max_wer: float = Field(0.5, ge=0)

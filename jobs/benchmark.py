@@ -3,6 +3,7 @@
     python jobs/benchmark.py engine [--clips .cache/demo_clips] [--repeats 1] [key=value ...]
     python jobs/benchmark.py sft [--steps 20] [key=value ...]
     python jobs/benchmark.py isolation [--clips .cache/test_clips/asr] [--repeats 3] [key=value ...]
+    python jobs/benchmark.py asr [--clips .cache/test_clips/asr] [--repeats 2] [--batch-sizes 4,16] [key=value ...]
 
 `engine`: clips/s and media-seconds/s of the engine's Ray Data plan (media stages, then media + ASR)
 against a plain sequential Python loop running the same stage objects. Writes
@@ -13,6 +14,9 @@ Writes outputs/benchmarks/sft.json.
 `isolation`: milliseconds per clip of probe + decode run in-process against each way of isolating the native
 media code (the engine's long-lived child process, a fork per clip, a fresh interpreter per clip), from paths
 and from in-memory bytes. Writes outputs/benchmarks/isolation.json.
+`asr`: clips/s of Whisper (the config's asr section) transcribing the same decoded clips one by one and batched
+(faster-whisper's BatchedInferencePipeline, as the ASR actor runs it) at each batch size, and how many transcripts
+and WER verdicts the two share. Writes outputs/benchmarks/asr.json.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import torch  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from engine.benchmarking import benchmark_engine, benchmark_isolation  # noqa: E402
+from engine.benchmarking import benchmark_asr, benchmark_engine, benchmark_isolation  # noqa: E402
 from engine.config import EngineConfig, load_config  # noqa: E402
 from engine.demo_data import generate_demo_set  # noqa: E402
 
@@ -126,16 +130,26 @@ def write_isolation(args: argparse.Namespace, config: EngineConfig) -> int:
     return 0
 
 
+def write_asr(args: argparse.Namespace, config: EngineConfig) -> int:
+    sizes = tuple(int(size) for size in args.batch_sizes.split(","))
+    results = benchmark_asr(config, max(args.repeats, 2), sizes)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "asr.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("target", choices=["engine", "sft", "isolation"], help="what to benchmark")
+    parser.add_argument("target", choices=["engine", "sft", "isolation", "asr"], help="what to benchmark")
     parser.add_argument("--steps", type=int, default=20, help="sft: optimizer steps on each side")
     parser.add_argument("--clips", type=Path, default=REPO / ".cache" / "demo_clips",
                         help="clip folder; generated (the demo set) when missing")
     parser.add_argument("--config", type=Path, default=REPO / "jobs" / "configs" / "demo.yaml", help="engine config")
     parser.add_argument("--repeats", type=int, default=1,
                         help="engine: baseline/engine pairs per stage set; isolation: passes per way (best counts)")
+    parser.add_argument("--batch-sizes", default="4,16", help="asr: clips per batched call, comma-separated")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "benchmarks", help="where the JSON/PNG go")
     parser.add_argument("overrides", nargs="*", help="config overrides as dotted key=value")
     args = parser.parse_intermixed_args(argv)
@@ -147,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                          {"input": str(args.clips.resolve()), "output": str(args.out.resolve())})
     if args.target == "isolation":
         return write_isolation(args, config)
+    if args.target == "asr":
+        return write_asr(args, config)
     results = benchmark_engine(config, args.repeats)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "engine.json").write_text(json.dumps(results, indent=2))
