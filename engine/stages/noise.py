@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from engine.config import NoiseConfig
 from engine.media import MediaError
 from engine.schema import AUDIO_SAMPLE_RATE
 from engine.snr import estimate_snr
 from engine.stages.base import Row, RowStage
 from engine.stages.decode import audio_from_row
+
+
+def covered_audio(row: Row) -> np.ndarray:
+    """The decoded audio where the audio track has sound: decode puts it on the video's clock, padding a late start
+    with digital silence, which would read as a noise-free pause and inflate the SNR (e.g. 40 instead of 32 dB for
+    a clip whose audio starts 0.28 s late)."""
+    audio = audio_from_row(row)
+    start = int(round(max(0.0, row.get("audio_offset_s") or 0.0) * AUDIO_SAMPLE_RATE))
+    covered = row.get("audio_covered_s")
+    end = audio.size if covered is None else min(audio.size, start + int(round(covered * AUDIO_SAMPLE_RATE)))
+    return audio[start:end] if end > start else audio[:0]
 
 
 class NoiseFilterStage(RowStage):
@@ -23,7 +36,7 @@ class NoiseFilterStage(RowStage):
         self.config = config
 
     def process_row(self, row: Row) -> None:
-        audio = audio_from_row(row)
+        audio = covered_audio(row)
         if audio.size == 0:
             raise MediaError("empty_audio", "audio track decoded to no samples")
         config = self.config

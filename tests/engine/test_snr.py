@@ -7,7 +7,15 @@ from engine.config import NoiseConfig
 from engine.demo_data import SENTENCES, VOICES
 from engine.demo_media import synthesize_speech
 from engine.schema import new_row
-from engine.snr import FLOOR_BIAS_DB, estimate_snr, floor_bias_db, snr_from_powers, spectral_noise_floor, window_powers
+from engine.snr import (
+    FLOOR_BIAS_DB,
+    SnrEstimate,
+    estimate_snr,
+    floor_bias_db,
+    snr_from_powers,
+    spectral_noise_floor,
+    window_powers,
+)
 from engine.stages.noise import NoiseFilterStage
 
 SR = 16000
@@ -167,3 +175,21 @@ def _row(audio: np.ndarray) -> dict:
     row = new_row("memory://clip.wav")
     row["audio_pcm"] = audio.astype("<f4").tobytes()
     return row
+
+
+def test_the_stage_measures_only_where_the_audio_track_has_sound(monkeypatch):
+    """Decode pads a late audio start with silence (audio_offset_s) and may leave a tail without sound
+    (audio_covered_s): the SNR is estimated on the covered span only."""
+    from engine.stages import noise
+
+    seen = []
+    monkeypatch.setattr(noise, "estimate_snr", lambda audio, *a: seen.append(audio) or SnrEstimate(30.0, "pauses",
+                                                                                                    1.0, 0.5))
+    samples = np.arange(32_000, dtype="<f4")  # 2 s at 16 kHz
+    row = {**new_row("/c.mp4"), "audio_pcm": samples.tobytes(), "audio_offset_s": 0.25, "audio_covered_s": 1.5}
+    NoiseFilterStage(NoiseConfig())([row])
+    assert row["status"] == "kept" and seen[0][0] == 4_000 and seen[0].size == 24_000  # 0.25 s .. 1.75 s
+    seen.clear()
+    plain = {**new_row("/d.mp4"), "audio_pcm": samples.tobytes()}  # older rows: no offset or covered span
+    NoiseFilterStage(NoiseConfig())([plain])
+    assert seen[0].size == 32_000
