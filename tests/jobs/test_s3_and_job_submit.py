@@ -23,35 +23,6 @@ pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 
 
-@pytest.fixture
-def moto_s3(monkeypatch):
-    """A real S3 endpoint on 127.0.0.1 (moto server); credentials are dummies from the environment."""
-    port = free_port()
-    proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1"}
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    try:
-        fs = storage.filesystem("s3://x")
-        assert wait_for(lambda: _reachable(fs), 30), "moto server did not start"
-        fs.mkdir("saber-test")
-        yield env
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
-def _reachable(fs) -> bool:
-    try:
-        fs.ls("", refresh=True)
-        return True
-    except OSError:
-        return False
-
-
 def test_reads_from_and_writes_to_s3(small_set, moto_s3):
     folder, clips = small_set
     fs = storage.filesystem("s3://saber-test")

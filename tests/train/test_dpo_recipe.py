@@ -8,10 +8,13 @@ import json
 import math
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from transformers import AutoProcessor, Qwen2_5OmniThinkerForConditionalGeneration
 
+from engine import storage
 from engine.config import ConfigError, load_config
 from tests.conftest import RAY_TRAIN
 from tests.train.test_preference_collate import encode_pairs, write_preference_table
@@ -20,7 +23,7 @@ from train.dpo_config import DpoConfig
 from train.losses import AvemConfig
 from train.modeling import apply_lora, load_thinker
 from train.preference_collate import AVEM_LAYOUT, collate_preference, split_rows
-from train.recipes.dpo import run
+from train.recipes.dpo import count_pairs, run
 from train.reference import (
     ModelReference,
     ReferenceScorer,
@@ -144,28 +147,51 @@ def test_precomputed_columns_attach_by_pair_id():
         attach_reference_logps({"pair_id": np.array(["c"])}, lookup, ["ref_chosen_logp", "ref_rejected_logp"])
 
 
+class _StreamedDataset:
+    """Stands in for a streamed (not materialized) Ray Dataset, whose count() runs the whole encoding."""
+
+    def count(self) -> int:
+        raise AssertionError("count() would encode the preference table once more")
+
+
+def test_a_streamed_runs_pair_count_comes_from_the_saved_reference_log_probs(tmp_path):
+    """GPU runs stream the encoded pairs; with a precomputed reference the count is the saved table's row count (its
+    Parquet footer), one row per pair that survived encoding. Without one, only encoding can tell."""
+    pq.write_table(pa.table({"pair_id": ["p0", "p1", "p2"], "ref_chosen_logp": [-1.0, -2.0, -3.0]}),
+                   tmp_path / "reference_logps.parquet")
+    precomputed = load_config(DpoConfig, "jobs/configs/dpo_demo.yaml", ["storage_path=/runs",
+                                                                        "reference.mode=precomputed"])
+    assert count_pairs(precomputed, _StreamedDataset(), str(tmp_path)) == 3
+    frozen = load_config(DpoConfig, "jobs/configs/dpo_demo.yaml", ["storage_path=/runs", "reference.mode=model"])
+    with pytest.raises(AssertionError, match="encode the preference table"):
+        count_pairs(frozen, _StreamedDataset(), str(tmp_path))
+
+
 # ---------------------------------------------------------------- end to end on Ray Train
-def _config(tiny_omni, table, storage, *overrides):
+def _config(tiny_omni, table, storage_path, *overrides):
     return load_config(DpoConfig, "jobs/configs/dpo_demo.yaml", [
-        f"model.path={tiny_omni}", f"data.preferences={table}", f"storage_path={storage}", "data.max_frames=4",
+        f"model.path={tiny_omni}", f"data.preferences={table}", f"storage_path={storage_path}", "data.max_frames=4",
         "optim.global_batch=2", "optim.lr=1e-3", "optim.epochs=3", "report_every=20", *overrides])
 
 
 def _metrics(run_dir):
-    return [json.loads(line) for line in open(f"{run_dir}/metrics.jsonl")]
+    text = storage.filesystem(run_dir).cat_file(f"{storage.strip_protocol(run_dir)}/metrics.jsonl").decode()
+    return [json.loads(line) for line in text.splitlines()]
 
 
 @pytest.mark.slow
 @RAY_TRAIN
-def test_ca_dpo_raises_the_margin_resumes_and_both_references_agree(local_ray, tiny_omni, preference_table,
-                                                                     tmp_path):
-    # Precomputed reference, ZeRO-2 full fine-tuning, stopped after 4 steps and restarted to 8 (3 epochs of 8 pairs).
+def test_ca_dpo_raises_the_margin_resumes_from_s3_and_both_references_agree(local_ray_on_moto_s3, tiny_omni,
+                                                                          preference_table, tmp_path):
+    # Precomputed reference, ZeRO-2 full fine-tuning, stopped after 4 steps and restarted to 8 (3 epochs of 8 pairs);
+    # checkpoints, the reference log-probs and metrics on S3, so the restart restores all of them from there.
     common = ["distributed.zero_stage=2", "checkpoint_every=4"]
-    first = run(_config(tiny_omni, preference_table, tmp_path, "name=pre", "reference.mode=precomputed",
+    first = run(_config(tiny_omni, preference_table, "s3://saber-test/runs", "name=pre", "reference.mode=precomputed",
                         "optim.max_steps=4", *common))
     assert first["pairs"] == 8 and [r["step"] for r in _metrics(first["run_dir"])] == [1, 2, 3, 4]
-    second = run(_config(tiny_omni, preference_table, tmp_path, "name=pre", "reference.mode=precomputed",
+    second = run(_config(tiny_omni, preference_table, "s3://saber-test/runs", "name=pre", "reference.mode=precomputed",
                          "optim.max_steps=8", *common))
+    assert second["checkpoint"].startswith("s3://saber-test/runs/pre/checkpoint_")
     rows = _metrics(second["run_dir"])
     assert [r["step"] for r in rows] == list(range(1, 9))
     assert [r["resumed_from_step"] for r in rows] == [0] * 4 + [4] * 4
@@ -174,8 +200,10 @@ def test_ca_dpo_raises_the_margin_resumes_and_both_references_agree(local_ray, t
     assert rows[4]["loss"] < LN2 - 0.01  # a restart from scratch would be back at ln 2
     margins, accuracy = [r["margin"] for r in rows], [r["accuracy"] for r in rows]
     assert np.mean(margins[-4:]) > max(0.0, np.mean(margins[:4])) and np.mean(accuracy[-4:]) > np.mean(accuracy[:4])
-    assert (tmp_path / "pre" / "reference_logps.parquet").exists() and (tmp_path / "pre" / "loss.png").exists()
-    model = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(second["final_model"])
+    fs = storage.filesystem("s3://saber-test")
+    assert fs.exists("saber-test/runs/pre/reference_logps.parquet") and fs.exists("saber-test/runs/pre/loss.png")
+    fs.get("saber-test/runs/pre/final/", str(tmp_path / "pre_final"), recursive=True)
+    model = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(tmp_path / "pre_final")
     base = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(tiny_omni)
     assert any(not torch.equal(p, base.state_dict()[n]) for n, p in model.named_parameters())
 

@@ -46,7 +46,7 @@ import ray
 import ray.train
 import torch
 import torch.distributed as dist
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from engine import storage
@@ -58,12 +58,15 @@ from train.modeling import resolve_model_path
 from train.preference_collate import LAYOUTS, collate_preference, split_rows
 from train.recipes.sft import (
     TrainState,
+    checkpoint_uri,
     micro_batches,
     report_step,
     restore,
+    run_config,
     save_final,
     setup_engine,
 )
+from train.reference import CACHE_FILE as REFERENCE_FILE
 from train.reference import add_fused_logps, batch_logps, load_reference, precompute_reference_logps, to_device
 
 log = logging.getLogger(__name__)
@@ -187,7 +190,7 @@ def run(config: DpoConfig) -> dict[str, Any]:
     pad_token_id = AutoProcessor.from_pretrained(model_path).tokenizer.pad_token_id
     _save_config(config, run_dir)
     dataset = build_training_dataset(config, model_path, reference_path, pad_token_id, run_dir)
-    pairs = dataset.count()
+    pairs = count_pairs(config, dataset, run_dir)
     steps_per_epoch = max(1, pairs // config.distributed.num_workers // config.optim.micro_batch // config.grad_accum)
     schedule_steps = steps_per_epoch * config.optim.epochs  # max_steps only stops early (see the SFT recipe)
     total_steps = min(config.optim.max_steps or schedule_steps, schedule_steps)
@@ -205,7 +208,7 @@ def run(config: DpoConfig) -> dict[str, Any]:
     metrics.plot(f"{TITLES[config.loss.kind]} {config.name}", keys=("loss", "margin", "accuracy", *extra))
     return {"run_dir": run_dir, "final_model": storage.join(run_dir, "final"), "total_steps": total_steps,
             "pairs": pairs, "metrics": result.metrics,
-            "checkpoint": result.checkpoint.path if result.checkpoint else None}
+            "checkpoint": checkpoint_uri(storage_path, result.checkpoint)}
 
 
 def build_training_dataset(config: DpoConfig, model_path: str, reference_path: str, pad_token_id: int,
@@ -221,20 +224,32 @@ def build_training_dataset(config: DpoConfig, model_path: str, reference_path: s
     return precompute_reference_logps(config, examples, reference_path, pad_token_id, run_dir, materialize)
 
 
+def count_pairs(config: DpoConfig, dataset: ray.data.Dataset, run_dir: str) -> int:
+    """The pairs the LR schedule is sized for, without encoding the table once more just to count where that can be
+    avoided. A materialized dataset (CPU runs) knows its row count from its blocks' metadata. A streamed one (GPU runs)
+    with a precomputed reference: the reference log-probs saved in the run folder have one row per pair that survived
+    encoding, so their Parquet footer has the count. Otherwise counting runs the whole encoding (decode and processor
+    per clip) once: the preference table's own footers only bound the count from above, as encoding drops the pairs
+    it cannot use (as in the SFT recipe's run)."""
+    from ray.data.dataset import MaterializedDataset
+
+    if config.reference.mode == "precomputed" and not isinstance(dataset, MaterializedDataset):
+        import pyarrow.parquet as pq
+
+        fs, path = storage.arrow_filesystem(storage.join(run_dir, REFERENCE_FILE))
+        return pq.read_metadata(path, filesystem=fs).num_rows
+    return dataset.count()
+
+
 def _trainer(config: DpoConfig, dataset: ray.data.Dataset, storage_path: str,
              loop_config: dict[str, Any]) -> TorchTrainer:
     dist_cfg = config.distributed
-    remote = storage.is_remote(storage_path)
     return TorchTrainer(
         train_loop_per_worker, train_loop_config=loop_config,
         torch_config=TorchConfig(backend=dist_cfg.backend),
         scaling_config=ScalingConfig(num_workers=dist_cfg.num_workers, use_gpu=dist_cfg.use_gpu,
                                      resources_per_worker={"CPU": dist_cfg.cpus_per_worker}),
-        run_config=RunConfig(name=config.name, storage_path=storage_path,
-                             storage_filesystem=storage.arrow_filesystem(storage_path)[0] if remote else None,
-                             failure_config=FailureConfig(max_failures=dist_cfg.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints)),
-        datasets={"train": dataset})
+        run_config=run_config(config, storage_path), datasets={"train": dataset})
 
 
 def _model_location(path: str) -> str:

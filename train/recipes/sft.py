@@ -239,7 +239,9 @@ def save_model(model: torch.nn.Module, folder: str, config: SftConfig) -> None:
 def run(config: SftConfig) -> dict[str, Any]:
     """Fits on the running Ray. A run whose `name` and `storage_path` already hold checkpoints resumes from the
     latest one: Ray Train V2 restores it (its checkpoint_manager_snapshot.json) and the workers read it back
-    through ray.train.get_checkpoint() (see `restore`)."""
+    through ray.train.get_checkpoint() (see `restore`). A worker group that fails (a worker killed, a node lost)
+    is restarted from the latest checkpoint the same way, up to distributed.max_failures times; metrics.jsonl drops
+    the rows past that checkpoint, which the restarted workers redo."""
     from transformers import AutoProcessor
 
     storage_path = storage.absolute(config.storage_path)
@@ -247,6 +249,10 @@ def run(config: SftConfig) -> dict[str, Any]:
     model_path = resolve_model_path(config.model.path)
     tokenizer = AutoProcessor.from_pretrained(model_path).tokenizer
     dataset = build_sed_examples(config, model_path)
+    # Materialized (CPU runs), the count comes from the blocks' metadata and nothing runs. Streamed (GPU runs), it runs
+    # the whole preprocessing once, and must: the records' Parquet footers would give a count for free, but
+    # preprocessing drops the records it cannot use (undecodable media, a missing track, over data.max_length), so
+    # they only bound it from above, and a schedule sized on them would end short of its last step and checkpoint.
     per_worker = dataset.count() // config.distributed.num_workers
     steps_per_epoch = max(1, per_worker // config.optim.micro_batch // config.grad_accum)
     # The LR schedule spans the epochs; max_steps only stops early, so a run stopped and restarted with a
@@ -263,11 +269,7 @@ def run(config: SftConfig) -> dict[str, Any]:
         torch_config=TorchConfig(backend=dist_cfg.backend),
         scaling_config=ScalingConfig(num_workers=dist_cfg.num_workers, use_gpu=dist_cfg.use_gpu,
                                      resources_per_worker={"CPU": dist_cfg.cpus_per_worker}),
-        run_config=RunConfig(name=config.name, storage_path=storage_path,
-                             storage_filesystem=storage.arrow_filesystem(storage_path)[0] if storage.is_remote(
-                                 storage_path) else None,
-                             failure_config=FailureConfig(max_failures=dist_cfg.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints)),
+        run_config=run_config(config, storage_path),
         datasets={"train": dataset},
     )
     result = trainer.fit()
@@ -275,7 +277,7 @@ def run(config: SftConfig) -> dict[str, Any]:
     metrics.resume(10**12)
     metrics.plot(f"SED-SFT {config.name}")
     return {"run_dir": run_dir, "final_model": storage.join(run_dir, "final"), "total_steps": total_steps,
-            "metrics": result.metrics, "checkpoint": result.checkpoint.path if result.checkpoint else None}
+            "metrics": result.metrics, "checkpoint": checkpoint_uri(storage_path, result.checkpoint)}
 
 
 def build_sed_examples(config: SftConfig, model_path: str) -> ray.data.Dataset:
@@ -283,3 +285,20 @@ def build_sed_examples(config: SftConfig, model_path: str) -> ray.data.Dataset:
 
     # Small runs preprocess once and keep the tensors in the object store; cluster runs stream them.
     return build_sed_dataset(config, model_path, materialize=not config.distributed.use_gpu)
+
+
+def checkpoint_uri(storage_path: str, checkpoint: Checkpoint | None) -> str | None:
+    """A checkpoint's location as a URI (Ray Train reports remote ones without their protocol)."""
+    return storage.as_uri(storage_path, checkpoint.path) if checkpoint else None
+
+
+def run_config(config: SftConfig, storage_path: str) -> RunConfig:
+    """Where Ray Train keeps the run (checkpoints and its checkpoint index, the restart point of a failed worker group
+    and of a rerun) and how many worker-group failures it restarts from the latest checkpoint. Remote storage goes
+    through engine.storage's filesystem (its endpoint and credentials); alongside a filesystem of its own Ray Train
+    takes the path without the protocol."""
+    remote = storage.is_remote(storage_path)
+    return RunConfig(name=config.name, storage_path=storage.strip_protocol(storage_path) if remote else storage_path,
+                     storage_filesystem=storage.arrow_filesystem(storage_path)[0] if remote else None,
+                     failure_config=FailureConfig(max_failures=config.distributed.max_failures),
+                     checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints))
