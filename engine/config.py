@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -10,7 +9,7 @@ from pydantic import Field, field_validator, model_validator
 from engine.backends.http import HttpBackendConfig
 from engine.backends.local import LocalBackendConfig
 from engine.backends.vllm_batch import VllmBatchConfig
-from engine.config_base import ConfigError, ConfigSection, dump_config, load_config, parse_overrides
+from engine.config_base import ConfigError, ConfigSection, check_regex, dump_config, load_config, parse_overrides
 
 __all__ = ["ConfigError", "ConfigSection", "EngineConfig", "dump_config", "load_config", "parse_overrides"]
 
@@ -257,12 +256,7 @@ class EngineConfig(ConfigSection):
     @field_validator("source_video_pattern")
     @classmethod
     def _pattern_compiles(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                re.compile(value)
-            except re.error as err:
-                raise ValueError(f"not a regular expression: {err}") from None
-        return value
+        return check_regex(value)
 
     @model_validator(mode="after")
     def _vllm_only_describes(self) -> EngineConfig:

@@ -55,6 +55,16 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 _CREDENTIAL_NAME = re.compile(r"(?i)key|token|secret|password|passwd|auth|bearer|credential")
 
 
+def check_regex(value: str | None) -> str | None:
+    """A field validator's body for an optional regular expression: compiles, or a readable error."""
+    if value is not None:
+        try:
+            re.compile(value)
+        except re.error as err:
+            raise ValueError(f"not a regular expression: {err}") from None
+    return value
+
+
 def _format_errors(err: ValidationError) -> str:
     lines = []
     for item in err.errors():

@@ -17,27 +17,17 @@ engine/corpora/specs/<name>.yaml; a user adds a corpus by writing one (see specs
 
 from __future__ import annotations
 
-import re
 import string
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from engine.config_base import ConfigError, ConfigSection, load_config
+from engine.config_base import ConfigError, ConfigSection, check_regex, load_config
 
 SPEC_DIR = Path(__file__).resolve().parent / "specs"
 
 Layout = Literal["confirmed", "partly_confirmed", "unconfirmed"]
-
-
-def _check_regex(value: str | None) -> str | None:
-    if value is not None:
-        try:
-            re.compile(value)
-        except re.error as err:
-            raise ValueError(f"not a regular expression: {err}") from None
-    return value
 
 
 def _check_template(value: str | None) -> str | None:
@@ -59,7 +49,7 @@ class MediaSpec(ConfigSection):
     @field_validator("pattern")
     @classmethod
     def _regex(cls, value: str) -> str | None:
-        return _check_regex(value)
+        return check_regex(value)
 
     @field_validator("key")
     @classmethod
@@ -97,7 +87,7 @@ class PairSpec(ConfigSection):
     @field_validator("pattern")
     @classmethod
     def _regex(cls, value: str) -> str | None:
-        return _check_regex(value)
+        return check_regex(value)
 
     @field_validator("key")
     @classmethod
@@ -132,7 +122,7 @@ class LabelSpec(ConfigSection):
     @field_validator("file_pattern", "line_pattern")
     @classmethod
     def _regex(cls, value: str | None) -> str | None:
-        return _check_regex(value)
+        return check_regex(value)
 
     @model_validator(mode="after")
     def _format_options(self) -> LabelSpec:
