@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = {k: report[k] for k in ("input", "kept", "rejected", "rejected_by_reason", "splits")}
     print(json.dumps(summary, indent=2))
     print(f"Outputs: {config.output if '://' in config.output else Path(config.output).resolve()}"
-          " (clips/, sed/, saber_test/ when enabled, exports/, report.json, report.png, config.yaml)")
+          " (clips/, sed/, saber_test/ when enabled, exports/, report.json, report.png, README.md: the "
+          "dataset card, config.yaml; attempts/ when clips wait for a rerun)")
     return 0
 
 
