@@ -24,6 +24,8 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from engine.failures import RETRYABLE
+
 MetricKind = Literal["counter", "gauge", "histogram"]
 UNKNOWN = "unknown"
 
@@ -47,6 +49,8 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("saber_clips_processed", "counter", "Clips finished by the build (one clip-table row each)"),
     MetricSpec("saber_clips_kept", "counter", "Finished clips with status kept"),
     MetricSpec("saber_clips_rejected", "counter", "Finished clips rejected, by stage and reason", ("stage", "reason")),
+    MetricSpec("saber_clips_retryable", "counter", "Clips a fault of the world failed (API, storage, memory): not "
+               "finished, the next run retries them; by stage and reason", ("stage", "reason")),
     MetricSpec("saber_media_seconds", "counter", "Seconds of media in finished clips (container duration)"),
     MetricSpec("saber_build_clips_planned", "counter", "Clips the build set out to process (after resume skips)"),
     MetricSpec("saber_build_clips_skipped", "counter", "Clips already finished by earlier runs (resume)"),
@@ -76,19 +80,29 @@ class ClipCounts:
     kept: int
     media_seconds: float
     rejected: dict[tuple[str, str], int]
+    retryable: dict[tuple[str, str], int] = field(default_factory=dict)  # not finished: the next run retries
 
 
 def clip_counts(table: pa.Table) -> ClipCounts:
-    """Funnel counts of a batch of clip-table rows; a rejected row without a stage or reason counts as unknown."""
+    """Funnel counts of a batch of clip-table rows; a rejected row without a stage or reason counts as unknown. A
+    retryable failure (engine.failures) is not a rejection: an API outage must not look like bad data."""
     kept = int(pc.sum(pc.equal(table.column("status"), "kept")).as_py() or 0)
-    rejected_rows = table.filter(pc.equal(table.column("status"), "rejected")).select(["reject_stage",
-                                                                                        "reject_reason"])
-    rejected: dict[tuple[str, str], int] = {}
-    for row in rejected_rows.group_by(["reject_stage", "reject_reason"]).aggregate([([], "count_all")]).to_pylist():
-        key = (row["reject_stage"] or UNKNOWN, row["reject_reason"] or UNKNOWN)
-        rejected[key] = rejected.get(key, 0) + row["count_all"]
+    failed = table.filter(pc.equal(table.column("status"), "rejected"))
+    retry_mask = (pc.fill_null(pc.equal(failed.column("failure"), RETRYABLE), False)
+                  if "failure" in failed.column_names else pa.array([False] * failed.num_rows))
+    rejected = _by_stage_and_reason(failed.filter(pc.invert(retry_mask)))
+    retryable = _by_stage_and_reason(failed.filter(retry_mask))
     media = pc.sum(table.column("duration_s")).as_py() if "duration_s" in table.column_names else None
-    return ClipCounts(table.num_rows, kept, float(media or 0.0), rejected)
+    return ClipCounts(table.num_rows, kept, float(media or 0.0), rejected, retryable)
+
+
+def _by_stage_and_reason(rows: pa.Table) -> dict[tuple[str, str], int]:
+    counts: dict[tuple[str, str], int] = {}
+    grouped = rows.select(["reject_stage", "reject_reason"]).group_by(["reject_stage", "reject_reason"])
+    for row in grouped.aggregate([([], "count_all")]).to_pylist():
+        key = (row["reject_stage"] or UNKNOWN, row["reject_reason"] or UNKNOWN)
+        counts[key] = counts.get(key, 0) + row["count_all"]
+    return counts
 
 
 @dataclass(frozen=True)
@@ -163,6 +177,8 @@ def record_clip_batch(table: pa.Table) -> None:
     _inc(registry, "saber_media_seconds", counts.media_seconds)
     for (stage, reason), n in counts.rejected.items():
         _inc(registry, "saber_clips_rejected", n, stage=stage, reason=reason)
+    for (stage, reason), n in counts.retryable.items():
+        _inc(registry, "saber_clips_retryable", n, stage=stage, reason=reason)
 
 
 def record_build_start(planned: int, skipped: int) -> None:

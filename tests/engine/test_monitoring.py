@@ -84,6 +84,17 @@ def test_clip_counts_by_hand():
                                ("asr", "wer_above_threshold"): 1}
 
 
+def test_a_retryable_failure_is_counted_apart_from_rejections():
+    rows = [new_row(f"s3://b/{i}.mp4", duration_s=1.0) for i in range(4)]
+    reject(rows[0], "annotate", "model_error", "gemini: timeout", "retryable")
+    reject(rows[1], "annotate", "model_error", "gemini: bad_request_400")  # final: the service refused the content
+    reject(rows[2], "probe", "storage_error", "OSError: SlowDown", "retryable")
+    counts = monitoring.clip_counts(rows_to_table(rows, CLIP_SCHEMA))
+    assert (counts.processed, counts.kept) == (4, 1)
+    assert counts.rejected == {("annotate", "model_error"): 1}
+    assert counts.retryable == {("annotate", "model_error"): 1, ("probe", "storage_error"): 1}
+
+
 def test_usage_delta_between_cumulative_snapshots():
     backend = FakeBackend()
     backend.answer(BATCHES[0])
