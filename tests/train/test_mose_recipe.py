@@ -25,7 +25,10 @@ def test_mose_trains_only_experts_and_generates_with_reallocation(local_ray, tin
     config = load_config(SftConfig, "jobs/configs/sft_demo.yaml", [
         f"model.path={tiny_omni}", f"data.sed={sed_records}", f"storage_path={tmp_path}", "data.limit=8",
         "name=mose", "report_every=20", "optim.max_steps=12", "checkpoint_every=12", "distributed.zero_stage=2",
-        "mose.enabled=true", "mose.rank=4", "mose.gate_hidden=8", "optim.lr=2e-2"])
+        "mose.enabled=true", "mose.rank=4", "mose.gate_hidden=8", "optim.lr=2e-2",
+        # One worker: this test claims no sharding (ZeRO across 2 workers is the SFT and DPO end-to-end tests'
+        # claim); a second worker would only add its start-up to the suite.
+        "distributed.num_workers=1"])
     summary = run(config)
     rows = [json.loads(line) for line in Path(summary["run_dir"], "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 13))
