@@ -45,3 +45,20 @@ def wait_for(predicate, timeout: float, every: float = 0.2) -> bool:
             return True
         time.sleep(every)
     return False
+
+
+def split_config(tmp_path: Path, url: str) -> Path:
+    """The demo config with ASR off and SABER-Test on, its relation judge at `url` (a loopback fake API): for job
+    tests of the splits, where ASR has its own tests."""
+    import yaml
+
+    config = yaml.safe_load((REPO / "jobs" / "configs" / "demo.yaml").read_text())
+    config["asr"]["enabled"] = False
+    http = {"base_url": url, "model": "fake-judge", "api_key_env": "", "timeout_s": 5.0, "max_retries": 1,
+            "backoff_base_s": 0.01, "backoff_max_s": 0.05, "max_concurrency": 4}
+    config["saber_test"] = {"enabled": True, "per_subset": 2,
+                            "judge": {"enabled": True, "backend": {"kind": "http", "http": http},
+                                      "pool": {"concurrency": [1, 1], "num_cpus": 0.5, "batch_size": 4}}}
+    path = tmp_path / "split.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path

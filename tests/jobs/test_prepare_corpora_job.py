@@ -11,12 +11,11 @@ from collections import Counter
 
 import pyarrow.parquet as pq
 import pytest
-import yaml
 
 from engine import storage
 from engine.writer import read_clip_table
 from tests.engine.fake_openai import FakeOpenAI
-from tests.jobs.helpers import REPO, job_env, run_build
+from tests.jobs.helpers import REPO, job_env, run_build, split_config
 
 pytestmark = pytest.mark.slow
 PREPARE = [sys.executable, str(REPO / "jobs" / "prepare_corpora.py")]
@@ -95,19 +94,6 @@ class Judge:
         return {"content": json.dumps({"relation": relation, "intensity": intensity, "reason": f"clip {index}"})}
 
 
-def _config(tmp_path, url):
-    config = yaml.safe_load((REPO / "jobs" / "configs" / "demo.yaml").read_text())
-    config["asr"]["enabled"] = False  # the split is what is under test; ASR has its own job tests
-    http = {"base_url": url, "model": "fake-judge", "api_key_env": "", "timeout_s": 5.0, "max_retries": 1,
-            "backoff_base_s": 0.01, "backoff_max_s": 0.05, "max_concurrency": 4}
-    config["saber_test"] = {"enabled": True, "per_subset": 2,
-                            "judge": {"enabled": True, "backend": {"kind": "http", "http": http},
-                                      "pool": {"concurrency": [1, 1], "num_cpus": 0.5, "batch_size": 4}}}
-    path = tmp_path / "corpora.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
 def test_four_corpora_manifest_to_build_saber_to_leakage_free_splits(asr_set, tmp_path):
     folder, clips = asr_set
     root = tmp_path / "corpora"
@@ -129,7 +115,7 @@ def test_four_corpora_manifest_to_build_saber_to_leakage_free_splits(asr_set, tm
     out = tmp_path / "out"
     judge = Judge(speech)
     with FakeOpenAI(responder=judge) as server:
-        built = run_build("--config", str(_config(tmp_path, server.url)), "--input", str(manifest), "--output",
+        built = run_build("--config", str(split_config(tmp_path, server.url)), "--input", str(manifest), "--output",
                           str(out), timeout=400)
     assert built.returncode == 0, built.stderr[-3000:]
     index = {str(root / rel): i for i, rel in enumerate(LAYOUT)}

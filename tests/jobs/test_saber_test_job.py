@@ -8,10 +8,9 @@ from collections import Counter
 
 import pyarrow.parquet as pq
 import pytest
-import yaml
 
 from tests.engine.fake_openai import FakeOpenAI
-from tests.jobs.helpers import REPO, run_build
+from tests.jobs.helpers import run_build, split_config
 
 pytestmark = pytest.mark.slow
 
@@ -47,26 +46,13 @@ def _manifest(tmp_path, folder, clips):
     return path, good, speech
 
 
-def _config(tmp_path, url):
-    config = yaml.safe_load((REPO / "jobs" / "configs" / "demo.yaml").read_text())
-    config["asr"]["enabled"] = False
-    http = {"base_url": url, "model": "fake-judge", "api_key_env": "", "timeout_s": 5.0, "max_retries": 1,
-            "backoff_base_s": 0.01, "backoff_max_s": 0.05, "max_concurrency": 4}
-    config["saber_test"] = {"enabled": True, "per_subset": 2,
-                            "judge": {"enabled": True, "backend": {"kind": "http", "http": http},
-                                      "pool": {"concurrency": [1, 1], "num_cpus": 0.5, "batch_size": 4}}}
-    path = tmp_path / "saber_test.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
 def test_saber_test_split_by_hand_and_a_rerun_judges_nothing_again(asr_set, tmp_path):
     folder, clips = asr_set
     manifest, names, speech = _manifest(tmp_path, folder, clips)
     judge = RelationJudge(speech)
     out = tmp_path / "out"
     with FakeOpenAI(responder=judge) as server:
-        config = _config(tmp_path, server.url)
+        config = split_config(tmp_path, server.url)
         first = run_build("--config", str(config), "--input", str(manifest), "--output", str(out), timeout=300)
         assert first.returncode == 0, first.stderr[-3000:]
         calls_first = dict(judge.calls)
