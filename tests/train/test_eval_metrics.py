@@ -9,15 +9,19 @@ import pytest
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 
 from train.evaluation import available_references, load_reference
+from train.evaluation.judge_metrics import (
+    EMER_CRITERIA,
+    SABER_TEST_DIMENSIONS,
+    emer_scores,
+    judge_scores,
+    saber_test_scores,
+)
 from train.evaluation.metrics import (
     CA_MER_LABELS,
-    EMER_CRITERIA,
     EMOBENCH_M_CATEGORIES,
     EMOBENCH_M_TASKS,
     EMOTION_GROUPS,
-    SABER_TEST_DIMENSIONS,
     answer_accuracy,
-    emer_scores,
     emobench_m_scores,
     emobench_m_summary,
     emoreaim_scores,
@@ -25,10 +29,8 @@ from train.evaluation.metrics import (
     emotion_groups_in_text,
     grouped_label_scores,
     harmonic_mean,
-    judge_scores,
     per_class_recall,
     recognition_scores,
-    saber_test_scores,
     uar,
     war,
     weighted_f1,

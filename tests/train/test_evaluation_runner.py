@@ -20,9 +20,10 @@ from engine.schema import ANNOTATION_FIELDS
 from engine.sed import sed_record
 from tests.engine.fake_openai import FakeOpenAI
 from train.evaluation import prompts, report
-from train.evaluation.benchmarks import ManifestError, get_benchmark, load_items
+from train.evaluation.benchmarks import get_benchmark
+from train.evaluation.judge_metrics import SABER_TEST_DIMENSIONS
 from train.evaluation.judging import JudgeBatch, SaberTestJudgeStage
-from train.evaluation.metrics import SABER_TEST_DIMENSIONS
+from train.evaluation.manifests import ManifestError, load_items
 from train.evaluation.runner import ITEMS_SCHEMA, ApiAnswerer, EvalConfig, run
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -3,8 +3,8 @@
 A manifest is a .jsonl file, a .parquet file or a folder of Parquet parts (the engine's `saber_test/`), local or
 s3://. Every record names its clip in `source_uri` (or `uri`; relative paths are relative to the manifest) and
 may give `item_id` (else `clip_id`, else a hash of the clip and the question), `lang`; the other fields are
-per benchmark (see each class's `required`). `load_items` checks every record and raises one `ManifestError`
-listing all the bad ones, by line (jsonl) or row (Parquet) number.
+per benchmark (see each class's `required`); manifests.py reads them (`load_items`) and raises one
+`ManifestError` listing all the bad ones.
 
 Records become rows of ITEM_SCHEMA, one table layout for every benchmark: `group` is the subset or task a
 metric is broken down by, `choices` the labels or options offered, `gold` a single gold answer, `gold_labels`
@@ -15,21 +15,16 @@ the columns of the reference tables through each benchmark's `ReferenceSpec`s.
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
-import posixpath
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from engine import storage
 from engine.schema import ANNOTATION_FIELDS
 from engine.sed import SedFormatError, parse_sed_response
+from train.evaluation import judge_metrics as js
 from train.evaluation import metrics as m
 from train.evaluation import prompts
 from train.evaluation.parsers import AnswerError, parse_choice, parse_emobench_m_answer, parse_yes_no
@@ -51,10 +46,6 @@ ITEM_SCHEMA = pa.schema([
 ])
 Item = dict[str, Any]
 Metrics = dict[str, float | None]
-
-
-class ManifestError(ValueError):
-    """A manifest with bad records; the message lists every one."""
 
 
 class ItemProblem(ValueError):
@@ -79,7 +70,7 @@ class Scores:
     details: dict[str, Any]  # counts behind them (unparseable, judge failures per dimension, ...)
 
 
-def _text(record: dict[str, Any], key: str) -> str:
+def text_field(record: dict[str, Any], key: str) -> str:
     value = record.get(key)
     if not isinstance(value, str) or not value.strip():
         raise ItemProblem(f"{key!r} must be a non-empty string, got {value!r}")
@@ -135,33 +126,33 @@ class SaberTest(Benchmark):
     required = ("av_relation", *ANNOTATION_FIELDS)
     judge = "saber_test"
     references = (ReferenceSpec("saber_test"), ReferenceSpec("saber_test_ablation"))
-    headline = tuple(f"{s}/{d}" for s in m.SABER_TEST_SUBSETS for d in m.SABER_TEST_DIMENSIONS)
+    headline = tuple(f"{s}/{d}" for s in js.SABER_TEST_SUBSETS for d in js.SABER_TEST_DIMENSIONS)
 
     def fields(self, record: dict[str, Any]) -> Item:
-        relation = _one_of(_text(record, "av_relation"), m.SABER_TEST_SUBSETS, "av_relation")
-        return {"group": relation, **{k: _text(record, k) for k in ANNOTATION_FIELDS},
+        relation = _one_of(text_field(record, "av_relation"), js.SABER_TEST_SUBSETS, "av_relation")
+        return {"group": relation, **{k: text_field(record, k) for k in ANNOTATION_FIELDS},
                 "system": record.get("system") or None, "prompt": record.get("prompt") or None}
 
     def task(self, item: Item) -> prompts.TaskPrompt:
         return prompts.sed_task(item.get("lang"), item.get("system"), item.get("prompt"))
 
     def aggregate(self, rows: list[Item]) -> Scores:
-        by_subset: dict[str, list[m.Verdict]] = defaultdict(list)
+        by_subset: dict[str, list[js.Verdict]] = defaultdict(list)
         for row in rows:
             by_subset[row["group"]].append(row["verdict"])
         metrics: Metrics = {}
         details: dict[str, Any] = {}
-        for subset, scores in m.saber_test_scores(by_subset).items():
+        for subset, scores in js.saber_test_scores(by_subset).items():
             metrics |= _judge_metrics(scores, f"{subset}/")
             details[subset] = _judge_details(scores)
         return Scores(metrics, details)
 
 
-def _judge_metrics(scores: m.JudgeScores, prefix: str = "") -> Metrics:
+def _judge_metrics(scores: js.JudgeScores, prefix: str = "") -> Metrics:
     return {**{f"{prefix}{k}": d.mean for k, d in scores.dimensions.items()}, f"{prefix}overall": scores.overall}
 
 
-def _judge_details(scores: m.JudgeScores) -> dict[str, Any]:
+def _judge_details(scores: js.JudgeScores) -> dict[str, Any]:
     return {"n_items": scores.n_items,
             "n_failed": {k: d.n_failed for k, d in scores.dimensions.items() if d.n_failed}}
 
@@ -175,11 +166,11 @@ class Emer(Benchmark):
     judge = "emer"
     references = (ReferenceSpec("emer"), ReferenceSpec("emer_avere"),
                   ReferenceSpec("emer_grouped_labels", ours="grouped_labels/"))
-    headline = m.EMER_CRITERIA
+    headline = js.EMER_CRITERIA
 
     def fields(self, record: dict[str, Any]) -> Item:
         labels = _words(record, "labels") if record.get("labels") is not None else None
-        return {"reference": _text(record, "reference"), "gold_labels": labels}
+        return {"reference": text_field(record, "reference"), "gold_labels": labels}
 
     def task(self, item: Item) -> prompts.TaskPrompt:
         return prompts.sed_task(item.get("lang"))
@@ -194,7 +185,7 @@ class Emer(Benchmark):
         return ",".join(sorted(m.emotion_groups_in_text(reasoning))) or None
 
     def aggregate(self, rows: list[Item]) -> Scores:
-        scores = m.emer_scores([row["verdict"] for row in rows])
+        scores = js.emer_scores([row["verdict"] for row in rows])
         metrics, details = _judge_metrics(scores), {"judge": _judge_details(scores)}
         labelled = [row for row in rows if row.get("gold_labels")]
         if labelled:
@@ -222,9 +213,9 @@ class EmoBenchM(Benchmark):
 
     def fields(self, record: dict[str, Any]) -> Item:
         labels = _words(record, "labels")
-        return {"group": _one_of(_text(record, "task"), m.EMOBENCH_M_TASKS, "task"),
-                "question": _text(record, "question"), "choices": labels,
-                "gold": _one_of(_text(record, "answer"), labels, "answer")}
+        return {"group": _one_of(text_field(record, "task"), m.EMOBENCH_M_TASKS, "task"),
+                "question": text_field(record, "question"), "choices": labels,
+                "gold": _one_of(text_field(record, "answer"), labels, "answer")}
 
     def task(self, item: Item) -> prompts.TaskPrompt:
         return prompts.emobench_m_task(item["question"], item["choices"])
@@ -261,7 +252,7 @@ class Recognition(Benchmark):
         self.name, self.classes, self.references, self.headline = name, classes, references, headline
 
     def fields(self, record: dict[str, Any]) -> Item:
-        return {"gold": _one_of(_text(record, "label"), self.classes, "label"), "choices": list(self.classes)}
+        return {"gold": _one_of(text_field(record, "label"), self.classes, "label"), "choices": list(self.classes)}
 
     def task(self, item: Item) -> prompts.TaskPrompt:
         return prompts.label_task(self.classes)
@@ -290,7 +281,7 @@ class CaMer(Benchmark):
     headline = tuple(f"{s}/average" for s in (*CA_MER_SUBSETS, "overall"))
 
     def fields(self, record: dict[str, Any]) -> Item:
-        return {"gold_labels": _words(record, "labels"), "group": _one_of(_text(record, "subset"), CA_MER_SUBSETS,
+        return {"gold_labels": _words(record, "labels"), "group": _one_of(text_field(record, "subset"), CA_MER_SUBSETS,
                                                                             "subset")}
 
     def task(self, item: Item) -> prompts.TaskPrompt:
@@ -326,19 +317,19 @@ class EmoReAIM(Benchmark):
                 "stress_visual/f1", "avg_accuracy")
 
     def fields(self, record: dict[str, Any]) -> Item:
-        task = _one_of(_text(record, "task"), tuple(m.EMOREAIM_TASKS), "task")
+        task = _one_of(text_field(record, "task"), tuple(m.EMOREAIM_TASKS), "task")
         yes_no = m.EMOREAIM_TASKS[task] == "yes_no"
         options = _words(record, "options") if record.get("options") is not None or not yes_no else []
         if yes_no:
-            gold = _one_of(_text(record, "answer"), ("Yes", "No"), "answer")
+            gold = _one_of(text_field(record, "answer"), ("Yes", "No"), "answer")
             if options and sorted(options) != ["No", "Yes"]:
                 raise ItemProblem(f"a yes/no item's options must be Yes and No, got {options}")
         else:
-            gold = _one_of(_text(record, "answer"), [chr(ord("A") + i) for i in range(len(options))], "answer")
+            gold = _one_of(text_field(record, "answer"), [chr(ord("A") + i) for i in range(len(options))], "answer")
         subtask = record.get("subtask")
         if subtask is not None and subtask not in ("spurious", "hallucination"):
             raise ItemProblem(f"subtask {subtask!r} is not 'spurious' or 'hallucination'")
-        return {"group": task, "question": _text(record, "question"), "choices": options, "gold": gold,
+        return {"group": task, "question": text_field(record, "question"), "choices": options, "gold": gold,
                 "subtask": subtask}
 
     def check_set(self, items: list[Item]) -> list[str]:
@@ -400,86 +391,3 @@ def get_benchmark(name: str) -> Benchmark:
     if name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}; known: {sorted(BENCHMARKS)}")
     return BENCHMARKS[name]
-
-
-# ---------------------------------------------------------------- manifests
-
-
-def read_records(uri: str) -> list[tuple[str, Any]]:
-    """(where, record) pairs: 'line N' of a .jsonl file, 'row N' of Parquet (a file or a folder of parts)."""
-    fs, path = storage.filesystem(uri), storage.strip_protocol(uri)
-    if not fs.exists(path):
-        raise ManifestError(f"manifest {uri!r} does not exist")
-    if path.endswith(".jsonl"):
-        with fs.open(path, "rb") as handle:
-            lines = handle.read().decode("utf-8").splitlines()
-        return [(f"line {n}", _json_line(line)) for n, line in enumerate(lines, start=1) if line.strip()]
-    if fs.isdir(path):
-        files = sorted(p for p in fs.ls(path, detail=False) if p.endswith(".parquet"))
-    elif path.endswith(".parquet"):
-        files = [path]
-    else:
-        raise ManifestError(f"manifest {uri!r} must be a .jsonl file, a .parquet file or a folder of Parquet parts")
-    tables = []
-    for name in files:
-        with fs.open(name, "rb") as handle:
-            tables.append(pq.read_table(io.BytesIO(handle.read())))
-    rows = pa.concat_tables(tables, promote_options="default").to_pylist() if tables else []
-    return [(f"row {n}", row) for n, row in enumerate(rows, start=1)]
-
-
-def _json_line(line: str) -> Any:
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError as err:
-        return ItemProblem(f"not JSON: {err.msg} at column {err.colno}")
-
-
-def load_items(uri: str, benchmark: Benchmark, limit: int | None = None) -> list[Item]:
-    """Every record checked; all problems raised at once as a ManifestError naming line/row and field."""
-    uri = storage.absolute(uri)
-    records = read_records(uri)
-    if not records:
-        raise ManifestError(f"manifest {uri!r} holds no records")
-    path = storage.strip_protocol(uri).rstrip("/")  # relative clip paths are relative to the manifest('s folder)
-    base = storage.as_uri(uri, path if storage.filesystem(uri).isdir(path) else posixpath.dirname(path))
-    items, problems, seen = [], [], {}
-    for where, record in records[:limit] if limit else records:
-        try:
-            item = _item(record, benchmark, base)
-        except ItemProblem as err:
-            problems.append(f"{where}: {err}")
-            continue
-        if item["item_id"] in seen:
-            problems.append(f"{where}: item_id {item['item_id']!r} repeats {seen[item['item_id']]}")
-            continue
-        seen[item["item_id"]] = where
-        items.append(item)
-    if not problems:
-        problems = benchmark.check_set(items)
-    if problems:
-        shown = "\n".join(problems[:50]) + (f"\n... and {len(problems) - 50} more" if len(problems) > 50 else "")
-        raise ManifestError(f"{uri}: {len(problems)} bad record(s) for benchmark {benchmark.name} "
-                            f"(required fields: source_uri, {', '.join(benchmark.required)}):\n{shown}")
-    return items
-
-
-def _item(record: Any, benchmark: Benchmark, base: str) -> Item:
-    if isinstance(record, ItemProblem):
-        raise record
-    if not isinstance(record, dict):
-        raise ItemProblem(f"expected an object, got {type(record).__name__}")
-    uri_key = "source_uri" if "source_uri" in record or "uri" not in record else "uri"
-    if missing := [k for k in (uri_key, *benchmark.required) if record.get(k) is None]:
-        raise ItemProblem(f"missing {', '.join(missing)}")
-    raw = _text(record, uri_key)
-    uri = raw if storage.is_remote(raw) or raw.startswith("/") else storage.join(base, raw)
-    item: Item = dict.fromkeys(ITEM_SCHEMA.names)
-    item.update(source_uri=uri, lang=record.get("lang") or None, **benchmark.fields(record))
-    item["item_id"] = str(record.get("item_id") or record.get("clip_id") or _derived_id(item))
-    return item
-
-
-def _derived_id(item: Item) -> str:
-    key = json.dumps([item["source_uri"], item["group"], item["question"]], ensure_ascii=False)
-    return hashlib.sha1(key.encode("utf-8")).hexdigest()[:20]

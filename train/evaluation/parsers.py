@@ -13,7 +13,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Literal, ParamSpec, TypeVar
 
 from engine.verdicts import VerdictError, parse_json_object
-from train.evaluation.metrics import (
+from train.evaluation.judge_metrics import (
     EMER_CRITERIA,
     EMER_SCORE_RANGE,
     SABER_TEST_DIMENSIONS,
