@@ -216,7 +216,7 @@ def test_cached_and_deterministic(demo, tmp_path, monkeypatch):
         # Everything that writes, speaks or encodes: clearing, rendering, espeak-ng, ffmpeg, the records.
         for module, name in [(demo_data, "_clear_previous"), (demo_data, "_render"), (demo_data, "write_clip"),
                              (demo_data, "synthesize_speech"), (demo_data, "_write_expected"),
-                             (demo_media, "synthesize_speech"), (demo_media, "_run_ffmpeg")]:
+                             (demo_media, "synthesize_speech"), (demo_media, "run_ffmpeg")]:
             patch.setattr(module, name, regenerated)
         assert generate_demo_set(out, n_good=N_GOOD, n_wrong=N_WRONG, seed=SEED) == clips
         with pytest.raises(_Regenerated):  # while a miss does reach them
