@@ -34,9 +34,9 @@ from transformers import (
 )
 
 # The Omni build's private pieces are shared on purpose: one BPE corpus, one cache/publish protocol.
+from engine.tiny_corpus import train_bpe
 from engine.tiny_models import (
     _mrope_section,
-    _train_bpe,
     cached_build,
     save_seeded_model,
 )
@@ -102,7 +102,7 @@ def _tokenizer(out_dir: Path, vocab_size: int, special_tokens: list[str], templa
     min_size = len(pre_tokenizers.ByteLevel.alphabet()) + len(special_tokens)
     if vocab_size < min_size:
         raise ValueError(f"vocab_size={vocab_size} is too small: the byte alphabet and special tokens need {min_size}")
-    backend = _train_bpe(vocab_size - len(special_tokens))
+    backend = train_bpe(vocab_size - len(special_tokens))
     backend.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in special_tokens])
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
