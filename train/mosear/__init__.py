@@ -2,7 +2,6 @@
 attached to a loaded Qwen2.5-Omni thinker. See attach.py for how the token masks reach the layers."""
 
 from train.mosear.attach import (
-    TokenModalities,
     attach_mose,
     attention_reallocation,
     disable_attention_reallocation,
@@ -14,6 +13,7 @@ from train.mosear.attach import (
 )
 from train.mosear.mose import MoseConfig, MoseExperts
 from train.mosear.realloc import EAGER_AR, eager_ar_attention, reallocate
+from train.mosear.tokens import TokenModalities
 
 __all__ = [
     "EAGER_AR",

@@ -40,26 +40,14 @@ from torch import nn
 
 from train.modeling import submodule
 from train.mosear.mose import MoseConfig, MoseExperts
-from train.mosear.realloc import EAGER_AR, TOKENS_KWARG, register_eager_ar
+from train.mosear.realloc import EAGER_AR, register_eager_ar
+from train.mosear.tokens import TOKENS_KWARG, TokenModalities
 
 PROMPT_MASK_KWARG = "mose_prompt_mask"
 IGNORE_INDEX = -100  # the label of positions without loss (transformers' convention)
 EXPERTS_NAME = "mose"  # each wrapped FFN's child module: parameters are `...layers.{i}.mlp.mose.*`
 _CONTEXT_ATTR = "mosear_context"
 MOSE_WEIGHTS, MOSE_CONFIG = "mose.safetensors", "mose_config.json"
-
-
-@dataclass(frozen=True)
-class TokenModalities:
-    """What one forward of the thinker tells its layers about its tokens."""
-
-    visual: torch.Tensor  # [B, K] bool: image/video positions among all K positions so far (cache + new)
-    audio: torch.Tensor  # [B, K] bool: audio positions
-    new_visual: torch.Tensor  # [B, Q] bool: visual positions among this forward's Q tokens
-    gate_mask: torch.Tensor | None  # [B, Q]: positions lambda averages over; None while decoding (reuse gates)
-    gates: dict[int, torch.Tensor]  # lambda [B] per MoSE layer, written by the prompt's forward
-    ar_tau: float | None  # AR threshold, None when AR is off
-    ar_first_row: int  # AR touches query rows from here on: the decoded positions
 
 
 @dataclass

@@ -16,19 +16,14 @@ that applies it between the softmax and the product with V (attach.py switches t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from train.mosear.attach import TokenModalities
+from train.mosear.tokens import TOKENS_KWARG, TokenModalities
 
 EAGER_AR = "eager_ar"
-# The keyword under which the thinker's forward pre-hook (attach.py) hands the token modalities down:
-# transformers passes a forward's extra keywords through the LM and its decoder layers to the attention
-# function, and a gradient-checkpointed layer replays them on recomputation.
-TOKENS_KWARG = "mosear_tokens"
 
 
 def reallocate(attn_weights: torch.Tensor, audio_mask: torch.Tensor, visual_mask: torch.Tensor,
