@@ -1,6 +1,6 @@
 """Native media code in a child process: a real SIGSEGV, abort or hang costs one clip; results equal in-process.
 
-`faulty_decode` is the decoder the tests (and tests/jobs/test_decode_isolation_job.py) name in
+`faulty_decode` is the decoder the tests (and the SIGKILL build in tests/jobs/test_build_saber.py) name in
 `media.decoder`: it crashes or hangs for marked file names and is engine.media.decode otherwise.
 """
 

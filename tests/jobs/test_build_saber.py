@@ -22,26 +22,49 @@ def test_bad_config_exits_2_naming_every_field(tmp_path):
     assert "asr.max_wer" in done.stderr and "media.fps" in done.stderr
 
 
-def test_sigkill_midway_then_rerun_gives_every_input_once_with_its_planted_verdict(asr_set, small_set, tmp_path):
-    """A build killed (SIGKILL, driver and its Ray) midway, then run again: every input has exactly one row with
-    the verdict planted in it, nothing finished before the kill is processed again, and a third run has nothing
-    left to do."""
-    # Both generated sets (41 clips) under one input folder, as links: the 17 of the small set alone were seen to
-    # finish before the kill landed on a busy machine.
-    folder = tmp_path / "in"
+# A decoder that really crashes (SIGSEGV) on one clip and hangs on another (tests.engine.test_media_isolation).
+FAULTY_DECODER = ["media.decoder=tests.engine.test_media_isolation.faulty_decode", "media.decode_timeout_s=3"]
+FAULTS = {"crash_me.mp4": ("decode", "decode_crashed", "killed by SIGSEGV, attempt 2 of 2"),
+          "hang_me.mp4": ("decode", "decode_timeout", "still busy after 3 s, killed, attempt 2 of 2")}
+
+
+def _link_inputs(folder: Path, sets) -> dict[str, object]:
+    """Both generated sets (41 clips) under one input folder, as links, plus two good clips renamed so that the
+    faulty decoder crashes on one and hangs on the other; name -> planted clip (None for those two)."""
     folder.mkdir()
-    expected = {}
-    for source_folder, clips in (asr_set, small_set):
+    expected: dict[str, object] = {}
+    for source_folder, clips in sets:
         for clip in clips:
             expected[f"{source_folder.name}_{clip.name}"] = clip
             for suffix in (".mp4", ".json"):
                 src = (source_folder / clip.name).with_suffix(suffix)
                 if src.exists():
                     (folder / f"{source_folder.name}_{src.name}").symlink_to(src)
+    source_folder, clips = sets[-1]
+    good = [clip for clip in clips if clip.kind == "good"]
+    for name, clip in zip(FAULTS, good, strict=False):
+        for suffix in (".mp4", ".json"):
+            (folder / name).with_suffix(suffix).symlink_to((source_folder / clip.name).with_suffix(suffix))
+        expected[name] = None
+    return expected
+
+
+def _calls(folder: Path) -> dict[str, list[str]]:
+    return {name: (folder / f"{name}.calls").read_text().split() for name in FAULTS}
+
+
+def test_sigkill_midway_then_rerun_gives_every_input_once_with_its_planted_verdict(asr_set, small_set, tmp_path):
+    """A build killed (SIGKILL, driver and its Ray) midway, then run again: every input has exactly one row with
+    the verdict planted in it, nothing finished before the kill is processed again, and a third run has nothing
+    left to do. Its decoder really segfaults on one clip and hangs on another: both are rejected with their reasons
+    after two attempts, each in a fresh child process, and every other clip gets its planted verdict."""
+    # The 17 clips of the small set alone were seen to finish before the kill landed on a busy machine: both sets.
+    folder = tmp_path / "in"
+    expected = _link_inputs(folder, (asr_set, small_set))
     total = len(expected)
     out = tmp_path / "out"
     clips_dir = out / "clips"
-    proc = start_build("--input", str(folder), "--output", str(out), "block_rows=2", "flush_rows=1",
+    proc = start_build("--input", str(folder), "--output", str(out), "block_rows=2", "flush_rows=1", *FAULTY_DECODER,
                        log=tmp_path / "run1.log")
     try:
         assert wait_for(lambda: clips_dir.exists() and len(list(clips_dir.glob("part-*.parquet"))) >= 3, 300)
@@ -51,7 +74,7 @@ def test_sigkill_midway_then_rerun_gives_every_input_once_with_its_planted_verdi
     finished_before = set(before.column("clip_id").to_pylist())
     assert 0 < len(finished_before) < total, len(finished_before)
 
-    done = run_build("--input", str(folder), "--output", str(out))
+    done = run_build("--input", str(folder), "--output", str(out), *FAULTY_DECODER)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Ray dashboard:" in done.stdout and f"Outputs: {out}" in done.stdout
     table = read_clip_table(str(out))
@@ -67,20 +90,32 @@ def test_sigkill_midway_then_rerun_gives_every_input_once_with_its_planted_verdi
     rows = _by_name(out)
     for name, clip in expected.items():
         row = rows[name]
-        if clip.expected_stage is None:
+        if clip is None:
+            stage, reason, detail = FAULTS[name]
+            assert (row["reject_stage"], row["reject_reason"]) == (stage, reason), name
+            assert detail in row["reject_detail"], row["reject_detail"]
+        elif clip.expected_stage is None:
             assert row["status"] == "kept", (name, row["reject_reason"], row["reject_detail"])
         else:
             assert (row["reject_stage"], row["reject_reason"]) == (clip.expected_stage, clip.expected_reason), name
+    # Each faulty clip: two attempts by the run that finished it, and up to two more by the killed run (whose
+    # verdict may not have reached clips/ before the kill), each in a fresh child process.
+    calls = _calls(folder)
+    for name, pids in calls.items():
+        assert 2 <= len(pids) <= 4 and len(set(pids)) == len(pids), (name, pids)
     # The report covers the whole output, both runs' clips.
-    assert (report["input"], report["kept"]) == (total, sum(c.expected_stage is None for c in expected.values()))
-    assert report["rejected_by_reason"] == dict(Counter(f"{c.expected_stage}/{c.expected_reason}"
-                                                        for c in expected.values() if c.expected_stage))
+    planted = [c for c in expected.values() if c is not None]
+    assert (report["input"], report["kept"]) == (total, sum(c.expected_stage is None for c in planted))
+    assert report["rejected_by_reason"] == dict(Counter(
+        [f"{c.expected_stage}/{c.expected_reason}" for c in planted if c.expected_stage]
+        + [f"{stage}/{reason}" for stage, reason, _ in FAULTS.values()]))
     assert (out / "report.png").stat().st_size > 10_000 and (out / "config.yaml").exists()
 
-    again = run_build("--input", str(folder), "--output", str(out))
+    again = run_build("--input", str(folder), "--output", str(out), *FAULTY_DECODER)
     assert again.returncode == 0, again.stderr[-3000:]
     report3 = json.loads((out / "report.json").read_text())
     assert (report3["run"]["processed"], report3["run"]["skipped_already_done"]) == (0, total)
     assert read_clip_table(str(out)).num_rows == total
+    assert _calls(folder) == calls  # a crash or a hang is a verdict: never tried again
     print(f"resume: {total} clips, {len(finished_before)} finished before SIGKILL, "
-          f"{len(second_run)} processed after, 0 reprocessed")
+          f"{len(second_run)} processed after, 0 reprocessed; decoder faults tried {calls}")
