@@ -4,7 +4,7 @@ Finished outcomes live in each loop's own table (clips/, relations/, the prefere
 not finished yet because the world failed it waits here, in OUT/attempts/<loop>/part-*.parquet, so that
 - a rerun knows how many runs already tried an item (and records `gave_up` once `max_attempts` is reached),
 - the report can say what is still pending and why, and nothing fails silently.
-Part files appear whole or not at all (engine.writer.write_parquet_whole); reads retry storage errors.
+Part files appear whole or not at all (engine.parts.write_parquet_whole); reads retry storage errors.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from engine import storage
 from engine.failures import GAVE_UP, RETRYABLE, FailureClass, gave_up_detail
-from engine.writer import PART_PREFIX, read_parts, write_parquet_whole
+from engine.parts import PART_PREFIX, read_parts, write_parquet_whole
 
 ATTEMPT_SCHEMA = pa.schema([
     pa.field("key", pa.string(), nullable=False),  # the loop's item id: clip_id, query_id, item_id ...

@@ -71,7 +71,7 @@ def test_a_throttled_part_read_is_retried_then_stops_the_run_without_touching_an
     writer.add(_table(["a"]))
     writer.add(_table(["b"]))
     before = sorted((p.name, p.read_bytes()) for p in (tmp_path / "clips").iterdir())
-    monkeypatch.setattr("engine.writer.READ_BACKOFF_S", 0.001)
+    monkeypatch.setattr("engine.parts.READ_BACKOFF_S", 0.001)
     again = ClipTableWriter(str(tmp_path))
     again.fs = FlakyFileSystem(fails)
     if fails is None:
