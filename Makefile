@@ -18,9 +18,9 @@ DEMO_OUT ?= outputs/demo
 .PHONY: demo demo-sft test test-latest lint lock lock-upgrade system-deps install clean
 
 system-deps:
-	@if ! command -v ffmpeg >/dev/null || ! command -v espeak-ng >/dev/null; then \
-		echo "installing ffmpeg and espeak-ng with apt-get"; \
-		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg espeak-ng; \
+	@if ! command -v ffmpeg >/dev/null || ! command -v espeak-ng >/dev/null || ! python3 -c "import ctypes.util as u, sys; sys.exit(not u.find_library('chromaprint'))"; then \
+		echo "installing ffmpeg, espeak-ng and libchromaprint1 (near-duplicate audio fingerprints) with apt-get"; \
+		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg espeak-ng libchromaprint1; \
 	fi
 
 # Every package at the exact version of the committed lock (requirements.lock, made by `make lock`). Torch and

@@ -13,7 +13,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine import holdout, monitoring, storage
+from engine import holdout, monitoring, neardup, storage
 from engine.card import write_card
 from engine.config import EngineConfig, dump_config
 from engine.failures import RETRYABLE
@@ -121,16 +121,36 @@ def run_build(config: EngineConfig) -> dict[str, Any]:
         "clips_per_s": round(progress.done / progress.elapsed, 4),
         "media_seconds_per_s": round(progress.media_seconds / progress.elapsed, 4),
     }
+    near_duplicates = mark_near_duplicates(config)
     table = read_clip_table(config.output)
     pending = writer.ledger.pending(table.column("clip_id").to_pylist())
     if pending:
         log.warning("[build_saber] %d clips failed for a reason of the world (API, storage, memory: see report.json "
                     "`retry`) and are not finished: run the same command again to retry them", len(pending))
     report = build_report(table, funnel_stages(config), run, pending)
+    if near_duplicates is not None:
+        report["near_duplicates"] = near_duplicates
     report["splits"] = write_training_splits(config, table, writer.run_id)
     write_report(config.output, report)
     write_card(config.output, table, report)
     return report
+
+
+def mark_near_duplicates(config: EngineConfig) -> dict[str, Any] | None:
+    """The global step before the splits (engine.neardup): groups over every finished clip of the output, all runs,
+    their verdicts written into clips/. Turned off, it only undoes the verdicts of earlier builds, if there are any."""
+    started = time.monotonic()
+    table = read_clip_table(config.output, neardup.FINGERPRINT_COLUMNS)
+    if config.neardup.enabled:
+        found = neardup.find_duplicates(table, config.neardup)
+    elif pc.any(pc.equal(table.column("reject_stage"), neardup.STAGE)).as_py():
+        found = neardup.Duplicates()
+    else:
+        return None
+    changed = neardup.apply_verdicts(config.output, found)
+    stats = {**found.stats, "rows_changed": changed, "seconds": round(time.monotonic() - started, 3)}
+    log.info("[build_saber] near-duplicates: %s", stats)
+    return stats
 
 
 def judge_relations(config: EngineConfig, pending: pa.Table, run_id: str) -> None:
@@ -162,7 +182,8 @@ def write_training_splits(config: EngineConfig, table: pa.Table, run_id: str) ->
             judge_relations(config, pending, run_id)
             verdicts = holdout.latest_verdicts(holdout.read_relations(config.output))
     splits = holdout.make_splits(candidates, verdicts, config.saber_test.per_subset,
-                                 hold_out_speakers=config.saber_test.hold_out_speakers)
+                                 hold_out_speakers=config.saber_test.hold_out_speakers,
+                                 merged_recordings=neardup.recording_groups(table))
     holdout.write_splits(config.output, splits, with_test=config.saber_test.enabled)
     log.info("[build_saber] splits: %s", splits.stats)
     return splits.stats

@@ -202,6 +202,34 @@ class SaberTestConfig(ConfigSection):
         return self
 
 
+class NearDupConfig(ConfigSection):
+    """Near-duplicates across corpora (engine.neardup): a fingerprint per clip where the media is decoded, then after
+    the stream an index lookup, verification of each candidate pair, and one representative per group; the others are
+    rejected (`neardup`/`near_duplicate`, `duplicate_of`) and SABER-Test treats each group like one recording.
+
+    Thresholds were set on generated speech clips and their copies (tests/engine/test_neardup.py): re-encoded,
+    rescaled, cropped by up to 10%, trimmed by up to 0.5 s."""
+
+    # Off by default: it adds the fingerprint stage (~5 ms a clip, see engine.neardup) and rejects clips; production
+    # configs turn it on.
+    enabled: bool = False
+    # Audio: Chromaprint's bit error rate at the best alignment. Copies measured <= 0.08, different recordings (other
+    # sentences, voices) >= 0.31; Chromaprint's own matcher treats ~0.2 as the edge of "same recording".
+    max_audio_ber: float = Field(0.2, gt=0, lt=0.5)
+    # How far a copy may be shifted against its original (trimmed at the start) when the audio is aligned.
+    max_shift_s: float = Field(1.0, ge=0, le=10)
+    # Clips with fewer clean Chromaprint items (~32 a second; < ~0.9 s of audio) are not compared: too little sound to
+    # tell a copy from a similar recording. They are counted in report.json (near_duplicates.too_short).
+    min_audio_items: int = Field(10, ge=1)
+    # Frames: Hamming distance (of 64 bits) of 8x8 average hashes, the closest frame of the other clip, median over a
+    # clip's key frames. Copies measured <= 7 bits; the visual check confirms the footage rather than telling clips
+    # apart (in studio corpora every clip of a speaker looks alike: the audio does that).
+    max_frame_bits: int = Field(12, ge=0, le=64)
+    # A fingerprint item shared by more clips than this (silence, hum, a show's theme) makes no candidates: like a
+    # stop word, it would pair every clip with every other. The clips still meet through their other items.
+    max_bucket_clips: int = Field(200, ge=2)
+
+
 class ResourcesConfig(ConfigSection):
     """Actor-pool sizes and per-actor resources; they must match the cluster's node types."""
 
@@ -251,6 +279,7 @@ class EngineConfig(ConfigSection):
     describe: DescribeStageConfig = DescribeStageConfig()
     consistency: ConsistencyConfig = ConsistencyConfig()
     saber_test: SaberTestConfig = SaberTestConfig()
+    neardup: NearDupConfig = NearDupConfig()
     resources: ResourcesConfig = ResourcesConfig()
 
     @field_validator("source_video_pattern")

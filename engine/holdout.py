@@ -138,16 +138,20 @@ class Splits:
 
 
 def make_splits(candidates: pa.Table, verdicts: dict[str, dict[str, Any]] | None, per_subset: int,
-                hold_out_speakers: bool = False) -> Splits:
+                hold_out_speakers: bool = False, merged_recordings: dict[str, str] | None = None) -> Splits:
     """SED records for every candidate; with verdicts, the SABER-Test selection and the leakage-free rest: no
-    recording, and with `hold_out_speakers` no speaker, has clips on both sides."""
+    recording, and with `hold_out_speakers` no speaker, has clips on both sides. `merged_recordings` (recording ->
+    the recording standing for its group; engine.neardup.recording_groups) joins recordings linked by near-duplicates
+    into one unit: no clip with a near-duplicate in training enters the test split, and no group straddles."""
     rows = candidates.to_pylist()
     records = [sed_record(row) for row in rows]
     if verdicts is None:
         return Splits(train=records, stats={"sed_records": len(records), "sed_train": len(records)})
     judged = [verdicts[r["clip_id"]] for r in rows if r["clip_id"] in verdicts]
     # Groups come from the clip table as it is now (a rerun with a corrected manifest regroups without re-judging).
-    video_of = {r["clip_id"]: r["source_video"] or r["source_uri"] for r in rows}
+    merged = merged_recordings or {}
+    own_video = {r["clip_id"]: r["source_video"] or r["source_uri"] for r in rows}
+    video_of = {cid: merged.get(video, video) for cid, video in own_video.items()}
     speaker_of = {r["clip_id"]: r.get("speaker") for r in rows}
     chosen = select_test([SaberTestCandidate(v["clip_id"], video_of[v["clip_id"]], v["av_relation"],
                                              v["av_intensity"], v["av_reason"] or "", speaker_of[v["clip_id"]])
@@ -171,7 +175,19 @@ def make_splits(candidates: pa.Table, verdicts: dict[str, dict[str, Any]] | None
                    **group_stats(test_ids, train_ids, video_of, speaker_of)},
         "relations": _relation_stats(judged),
     }
+    if merged:  # only when near-duplicates joined recordings: a build without any reports as before
+        stats["near_duplicates"] = _near_duplicate_stats(own_video, merged, test_ids, train_ids)
     return Splits(train=train, test=test, stats=stats)
+
+
+def _near_duplicate_stats(own_video: dict[str, str], merged: dict[str, str], test_ids: list[str],
+                          train_ids: list[str]) -> dict[str, Any]:
+    """Recordings joined by near-duplicates, and the joined groups on each side (`shared` is zero by construction)."""
+    linked = set(merged) | set(merged.values())
+    side = [{merged.get(own_video[i], own_video[i]) for i in ids if own_video[i] in linked}
+            for ids in (test_ids, train_ids)]
+    return {"linked_recordings": len({v for v in own_video.values() if v in linked}),
+            "groups_in_test": len(side[0]), "groups_in_train": len(side[1]), "shared": len(side[0] & side[1])}
 
 
 def _test_record(row: dict[str, Any], chosen: SaberTestCandidate) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from engine.stages.annotation_check import AnnotationCheckStage
 from engine.stages.asr import AsrWerFilterStage
 from engine.stages.base import Row
 from engine.stages.decode import DecodeStage
+from engine.stages.fingerprint import FingerprintStage
 from engine.stages.noise import NoiseFilterStage
 from engine.stages.probe import ProbeStage
 
@@ -34,10 +35,12 @@ def funnel_stages(config: EngineConfig) -> list[str]:
     """Stage names in plan order, as they appear in reject_stage and in the report's funnel."""
     names = ["annotation", "probe", "decode"]
     names += ["noise"] if config.noise.enabled else []
+    names += ["fingerprint"] if config.neardup.enabled else []
     names += ["annotate"] if config.annotate.enabled else []
     names += ["asr"] if config.asr.enabled else []
     names += ["describe"] if config.describe.enabled else []
     names += ["consistency"] if config.consistency.enabled else []
+    names += ["neardup"] if config.neardup.enabled else []  # after the stream: engine.neardup
     return names
 
 
@@ -136,6 +139,8 @@ def media_stages(config: EngineConfig) -> list[StageFactory]:
     ]
     if config.noise.enabled:
         factories.append(lambda: NoiseFilterStage(config.noise))
+    if config.neardup.enabled:  # last before the decoded media are dropped, and only for clips still kept
+        factories.append(FingerprintStage)
     return factories
 
 

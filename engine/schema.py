@@ -78,6 +78,12 @@ CLIP_FIELDS: list[pa.Field] = [
     pa.field("audio_covered_s", pa.float64()),
     # noise
     pa.field("snr_db", pa.float64()),
+    # fingerprint (engine.neardup): 8x8 average hashes of up to 8 key frames (8 bytes each, in time order) and the
+    # Chromaprint items of the audio (little-endian uint32, ~32 a second); empty where the audio is too short.
+    pa.field("frame_hashes", pa.binary()),
+    pa.field("audio_fingerprint", pa.binary()),
+    # neardup: for a clip rejected as a near-duplicate (reject_reason near_duplicate), its group's representative.
+    pa.field("duplicate_of", pa.string()),
     # asr
     pa.field("asr_text", pa.string()),
     pa.field("asr_language", pa.string()),
