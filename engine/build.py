@@ -140,10 +140,9 @@ def mark_near_duplicates(config: EngineConfig) -> dict[str, Any] | None:
     """The global step before the splits (engine.neardup): groups over every finished clip of the output, all runs,
     their verdicts written into clips/. Turned off, it only undoes the verdicts of earlier builds, if there are any."""
     started = time.monotonic()
-    table = read_clip_table(config.output, neardup.FINGERPRINT_COLUMNS)
     if config.neardup.enabled:
-        found = neardup.find_duplicates(table, config.neardup)
-    elif pc.any(pc.equal(table.column("reject_stage"), neardup.STAGE)).as_py():
+        found = neardup.find_duplicates(read_clip_table(config.output, neardup.FINGERPRINT_COLUMNS), config.neardup)
+    elif pc.any(pc.equal(read_clip_table(config.output, ["reject_stage"]).column(0), neardup.STAGE)).as_py():
         found = neardup.Duplicates()
     else:
         return None

@@ -74,6 +74,13 @@ def test_recall_and_false_positives_on_generated_copies(fingerprinted):
     assert found.stats["candidate_pairs"] < 946 / 4
 
 
+def test_one_clip_of_each_group_makes_no_group(fingerprinted):
+    rows, clips, _ = fingerprinted
+    firsts = [r for r, c in zip(rows, clips, strict=True) if c.path.stem in ("base0", "base1", "other0", "other1")]
+    found = neardup.find_duplicates(_table(firsts), NearDupConfig(enabled=True))
+    assert found.duplicate_of == {} and found.stats["groups"] == 0 and found.stats["compared"] == 4
+
+
 def test_fingerprint_stage_produces_its_columns(fingerprinted):
     rows, _, _ = fingerprinted
     for row in rows:
