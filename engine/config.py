@@ -210,7 +210,7 @@ class NearDupConfig(ConfigSection):
     Thresholds were set on generated speech clips and their copies (tests/engine/test_neardup.py): re-encoded,
     rescaled, cropped by up to 10%, trimmed by up to 0.5 s."""
 
-    # Off by default: it adds the fingerprint stage (~5 ms a clip, see engine.neardup) and rejects clips; production
+    # Off by default: it adds the fingerprint stage (~6 ms a clip, see engine.neardup) and rejects clips; production
     # configs turn it on.
     enabled: bool = False
     # Audio: Chromaprint's bit error rate at the best alignment. Copies measured <= 0.08, different recordings (other
