@@ -4,6 +4,7 @@
     python jobs/benchmark.py sft [--steps 20] [key=value ...]
     python jobs/benchmark.py isolation [--clips .cache/test_clips/asr] [--repeats 3] [key=value ...]
     python jobs/benchmark.py asr [--clips .cache/test_clips/asr] [--repeats 2] [--batch-sizes 4,16] [key=value ...]
+    python jobs/benchmark.py neardup [--clips .cache/demo_clips] [--repeats 3] [--scales 100000,600000]
 
 `engine`: clips/s and media-seconds/s of the engine's Ray Data plan (media stages, then media + ASR)
 against a plain sequential Python loop running the same stage objects. Writes
@@ -17,6 +18,9 @@ and from in-memory bytes. Writes outputs/benchmarks/isolation.json.
 `asr`: clips/s of Whisper (the config's asr section) transcribing the same decoded clips one by one and batched
 (faster-whisper's BatchedInferencePipeline, as the ASR actor runs it) at each batch size, and how many transcripts
 and WER verdicts the two share. Writes outputs/benchmarks/asr.json.
+`neardup`: milliseconds per clip of the near-duplicate fingerprint stage (frames, audio) on the decoded clips, and the
+global step's time and peak memory on that many synthetic clips of the clips' mean length (engine.neardup_benchmark).
+Writes outputs/benchmarks/neardup.json.
 """
 
 from __future__ import annotations
@@ -139,10 +143,22 @@ def write_asr(args: argparse.Namespace, config: EngineConfig) -> int:
     return 0
 
 
+def write_neardup(args: argparse.Namespace, config: EngineConfig) -> int:
+    from engine.neardup_benchmark import fingerprint_cost, step_cost
+
+    stage = fingerprint_cost(sorted(args.clips.glob("*.mp4")), config, max(args.repeats, 3))
+    scales = [int(n) for n in args.scales.split(",")]
+    results = {"fingerprint": stage, "step": step_cost(scales, stage["mean_duration_s"])}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "neardup.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("target", choices=["engine", "sft", "isolation", "asr"], help="what to benchmark")
+    parser.add_argument("target", choices=["engine", "sft", "isolation", "asr", "neardup"], help="what to benchmark")
     parser.add_argument("--steps", type=int, default=20, help="sft: optimizer steps on each side")
     parser.add_argument("--clips", type=Path, default=REPO / ".cache" / "demo_clips",
                         help="clip folder; generated (the demo set) when missing")
@@ -150,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1,
                         help="engine: baseline/engine pairs per stage set; isolation: passes per way (best counts)")
     parser.add_argument("--batch-sizes", default="4,16", help="asr: clips per batched call, comma-separated")
+    parser.add_argument("--scales", default="100000,600000", help="neardup: clip counts for the global step")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "benchmarks", help="where the JSON/PNG go")
     parser.add_argument("overrides", nargs="*", help="config overrides as dotted key=value")
     args = parser.parse_intermixed_args(argv)
@@ -163,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         return write_isolation(args, config)
     if args.target == "asr":
         return write_asr(args, config)
+    if args.target == "neardup":
+        return write_neardup(args, config)
     results = benchmark_engine(config, args.repeats)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "engine.json").write_text(json.dumps(results, indent=2))

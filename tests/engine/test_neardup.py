@@ -187,3 +187,13 @@ def test_splits_hold_a_duplicate_group_out_like_one_recording(top):
     # Without the merge (what the split did before near-duplicates), the other corpus's recording stays in training.
     plain = holdout.make_splits(candidates, verdicts, per_subset=1)
     assert sorted(name[r["clip_id"]] for r in plain.train) == {"r1": ["d4", "z"], "d4": ["r1", "r2", "z"]}[top]
+
+
+def test_benchmark_fingerprints_have_the_size_of_real_ones():
+    from engine.neardup_benchmark import synthetic_clips
+
+    table = synthetic_clips(50, duration_s=4.0)
+    # 4 s: int(4 * 32.3) - 20 = 109 items of 4 bytes; 8 frame hashes of 8 bytes.
+    assert {len(b) for b in table.column("audio_fingerprint").to_pylist()} == {436}
+    assert {len(b) for b in table.column("frame_hashes").to_pylist()} == {64}
+    assert neardup.find_duplicates(table, NearDupConfig(enabled=True)).stats["compared"] == 50
