@@ -58,6 +58,9 @@ class DataConfig(ConfigSection):
     audio_in_video: bool = False  # default: audio as a separate stream, as the official inference
     max_length: int = Field(8192, ge=16)
     preprocess_concurrency: int = Field(1, ge=1)
+    # A CPU run of at most this many records encodes in the driver, not in an actor pool that costs more to start
+    # than the work (train.runtime); 0: always the pool. GPU runs always stream through the pool.
+    driver_max_rows: int = Field(64, ge=0)
     limit: int | None = Field(None, ge=1)
 
 

@@ -1,4 +1,4 @@
-"""Preference rows -> training arrays, in a Ray Data actor pool (decode and processor never in the training loop).
+"""Preference rows -> training arrays, before the training loop (decode and processor never in it; train.runtime).
 
 Input: the preference table (one row per pair: clip_id, source_uri, system, prompt, chosen, rejected, pair_id, ...;
 for AVEm-DPO also rejected_vr, rejected_er, swap_source_uri, swap_modality). Each row's clip is decoded and run
@@ -24,7 +24,7 @@ import numpy as np
 from engine.media import MediaError
 from train.config import DataConfig
 from train.preference_collate import MEDIA_COLUMNS
-from train.sed_data import IGNORE_INDEX, SedEncoder, load_media, read_records, sed_messages, target_token_ids
+from train.sed_data import IGNORE_INDEX, SedEncoder, load_media, sed_messages, target_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +101,9 @@ class PreferenceEncoder:
 
 
 class PreferencePreprocessor:
-    """Ray Data actor: loads the processor once; encodes a batch of preference rows. Unusable rows (undecodable
-    media, a missing AVEm variant, too long) are dropped with a warning, as in the SFT preprocessing."""
+    """Loads the processor once; encodes a batch of preference rows (a Ray Data actor, or called in the driver).
+    Unusable rows (undecodable media, a missing AVEm variant, too long) are dropped with a warning, as in the SFT
+    preprocessing."""
 
     def __init__(self, model_path: str, config: DataConfig, kind: str, media_cache: int = 16) -> None:
         from transformers import AutoProcessor  # heavy import kept to the actor
@@ -152,12 +153,11 @@ def _scalar(value: Any) -> Any:
 
 
 def build_preference_dataset(config, model_path: str, materialize: bool):  # (DpoConfig, str, bool) -> Dataset
-    """Preference table -> encoded pairs in a Ray Data actor pool (processor loaded once per actor)."""
-    import ray.data
+    """Preference table -> encoded pairs (train.runtime: an actor pool, or the driver for a small CPU run)."""
+    from train import runtime
 
-    ds = read_records(config.data.preferences, config.data.limit)
-    ds = ds.map_batches(PreferencePreprocessor, batch_size=4, batch_format="numpy",
-                        fn_constructor_kwargs={"model_path": model_path, "config": config.data,
-                                               "kind": config.loss.kind},
-                        compute=ray.data.ActorPoolStrategy(size=config.data.preprocess_concurrency))
-    return ds.materialize() if materialize else ds
+    data = config.data
+    return runtime.encode(data.preferences, data.limit, PreferencePreprocessor,
+                          {"model_path": model_path, "config": data, "kind": config.loss.kind}, batch_size=4,
+                          concurrency=data.preprocess_concurrency, materialize=materialize,
+                          driver_max_rows=data.driver_max_rows)

@@ -8,8 +8,9 @@
 - `adapters_off` (`ModelReference` over the policy's PeftModel, adapters disabled): LoRA DPO on top of merged SFT
   weights; the frozen base IS the reference, so no memory at all, one more forward of the policy.
 - `precomputed` (`precompute_reference_logps`): before training, a Ray Data actor pool (`ReferenceScorer`, one
-  reference per actor, a GPU each on a cluster) runs the same collation and forward over every pair and adds
-  `ref_<row>_logp` columns; training workers hold no reference and read the columns (`PrecomputedReference`).
+  reference per actor, a GPU each on a cluster; the driver itself for a small CPU run) runs the same collation and
+  forward over every pair and adds `ref_<row>_logp` columns; training workers hold no reference and read the
+  columns (`PrecomputedReference`).
   The pass finishes before training starts (its actors would otherwise compete for the trainers' GPUs); only the
   small result (pair_id + a few floats) is materialised and saved as RUN/reference_logps.parquet, so a restarted
   run skips it. The large media arrays keep streaming (re-encoded for training on clusters).
@@ -148,7 +149,8 @@ def load_reference(config: Any, policy: Any, reference_path: str, pad_token_id: 
 
 # -- the precompute pass (Ray Data) ------------------------------------------------------------------------------
 class ReferenceScorer:
-    """Ray Data actor: loads the reference once; turns a batch of encoded pairs into pair_id + ref_<row>_logp."""
+    """Loads the reference once (a Ray Data actor, or in the driver for a small CPU run); turns a batch of encoded
+    pairs into pair_id + ref_<row>_logp."""
 
     def __init__(self, model_path: str, model: ModelConfig, kind: str, pad_token_id: int, fused: bool = False) -> None:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -168,33 +170,30 @@ class ReferenceScorer:
 
 
 def precompute_reference_logps(config: Any, examples: Any, reference_path: str, pad_token_id: int, run_dir: str,
-                               materialize: bool) -> Any:
+                               materialize: bool, in_driver: bool = False) -> Any:
     """`examples` (encoded pairs, a Ray Dataset) with the reference columns added; the reference pass runs now,
     or its saved result from an earlier attempt of this run is reused (same reference, table and loss).
     `materialize` as for the examples: a small run must not need a free CPU for the lookup once the training
-    workers hold them all."""
-    import pyarrow as pa
-    import ray
-    import ray.data
+    workers hold them all. `in_driver`: the examples were encoded in the driver (a small CPU run, train.runtime),
+    and the reference scores them there too."""
+    from train import runtime
 
     stamp = {"reference": reference_path, "preferences": config.data.preferences, "limit": str(config.data.limit),
              "kind": config.loss.kind}
     table = _load_cached(run_dir, stamp)
     if table is None:
-        scored = examples.map_batches(
-            ReferenceScorer, batch_size=config.reference.precompute_batch, batch_format="numpy",
-            fn_constructor_kwargs={"model_path": reference_path, "model": config.model, "kind": config.loss.kind,
-                                   "pad_token_id": pad_token_id, "fused": config.fused_logps},
-            compute=ray.data.ActorPoolStrategy(size=config.reference.precompute_concurrency),
-            num_gpus=1 if config.distributed.use_gpu else 0)
-        table = pa.concat_tables(ray.get(scored.to_arrow_refs()))
+        table = runtime.score(
+            examples, ReferenceScorer,
+            {"model_path": reference_path, "model": config.model, "kind": config.loss.kind,
+             "pad_token_id": pad_token_id, "fused": config.fused_logps},
+            batch_size=config.reference.precompute_batch, concurrency=config.reference.precompute_concurrency,
+            num_gpus=1 if config.distributed.use_gpu else 0, driver=in_driver)
         _save_cached(run_dir, table, stamp)
     columns = [reference_column(name) for name in LAYOUTS[config.loss.kind].names]
     lookup = dict(zip(table.column("pair_id").to_pylist(),
                       np.stack([table.column(c).to_numpy() for c in columns], axis=1), strict=True))
-    attached = examples.map_batches(attach_reference_logps, fn_kwargs={"lookup": lookup, "columns": columns},
-                                    batch_format="numpy")
-    return attached.materialize() if materialize else attached
+    return runtime.add_columns(examples, attach_reference_logps, {"lookup": lookup, "columns": columns},
+                               materialize=materialize, driver=in_driver)
 
 
 def attach_reference_logps(batch: dict[str, np.ndarray], lookup: dict[str, np.ndarray],

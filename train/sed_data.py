@@ -1,7 +1,8 @@
 """SED training examples: records -> chat -> Qwen2.5-Omni processor tensors with masked labels.
 
-CPU preprocessing (decode, processor, chat template) runs in a Ray Data actor pool, never in the training
-loop; each example leaves it as plain numpy arrays, trimmed of padding, and the collator pads per batch.
+CPU preprocessing (decode, processor, chat template) runs before the training loop, never in it: in a Ray Data actor
+pool, or in the driver for a small CPU run (train.runtime). Each example leaves it as plain numpy arrays, trimmed of
+padding, and the collator pads per batch.
 """
 
 from __future__ import annotations
@@ -96,7 +97,8 @@ def load_media(uri: str, config: DataConfig) -> tuple[np.ndarray, np.ndarray]:
 
 
 class SedPreprocessor:
-    """Ray Data actor: loads the processor once, encodes a batch of records, drops the unusable with a log."""
+    """Loads the processor once, encodes a batch of records, drops the unusable with a log (a Ray Data actor, or
+    called in the driver)."""
 
     def __init__(self, model_path: str, config: DataConfig) -> None:
         from transformers import AutoProcessor  # heavy import kept to the actor
@@ -133,26 +135,11 @@ def _scalar(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def read_records(uri: str, limit: int | None = None):  # -> ray.data.Dataset
-    """SED records from a sed/ folder of Parquet parts, or a .jsonl / .parquet file."""
-    import ray.data
-
-    from engine import storage
-
-    fs, path = storage.arrow_filesystem(storage.absolute(uri))
-    if path.endswith(".jsonl"):
-        ds = ray.data.read_json(path, filesystem=fs, lines=True)
-    else:
-        ds = ray.data.read_parquet(path, filesystem=fs)
-    return ds.limit(limit) if limit else ds
-
-
 def build_sed_dataset(config, model_path: str, materialize: bool):  # (SftConfig, str, bool) -> Dataset
-    """Records -> preprocessed examples in a Ray Data actor pool (processor loaded once per actor)."""
-    import ray.data
+    """Records -> preprocessed examples (train.runtime: an actor pool, or the driver for a small CPU run)."""
+    from train import runtime
 
-    ds = read_records(config.data.sed, config.data.limit)
-    ds = ds.map_batches(SedPreprocessor, fn_constructor_kwargs={"model_path": model_path, "config": config.data},
-                        batch_size=4, batch_format="numpy",
-                        compute=ray.data.ActorPoolStrategy(size=config.data.preprocess_concurrency))
-    return ds.materialize() if materialize else ds
+    data = config.data
+    return runtime.encode(data.sed, data.limit, SedPreprocessor, {"model_path": model_path, "config": data},
+                          batch_size=4, concurrency=data.preprocess_concurrency, materialize=materialize,
+                          driver_max_rows=data.driver_max_rows)

@@ -51,6 +51,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from engine import storage
 from engine.config_base import dump_config
+from train import runtime
 from train.dpo_config import DpoConfig, PreferenceLossConfig
 from train.losses import AvemInputs, PreferenceLoss, avem_loss, dpo_loss
 from train.metrics import MetricsLog
@@ -221,7 +222,8 @@ def build_training_dataset(config: DpoConfig, model_path: str, reference_path: s
     examples = build_preference_dataset(config, model_path, materialize=materialize)
     if config.reference.mode != "precomputed":
         return examples
-    return precompute_reference_logps(config, examples, reference_path, pad_token_id, run_dir, materialize)
+    in_driver = runtime.in_driver(materialize, config.data.preferences, config.data.limit, config.data.driver_max_rows)
+    return precompute_reference_logps(config, examples, reference_path, pad_token_id, run_dir, materialize, in_driver)
 
 
 def count_pairs(config: DpoConfig, dataset: ray.data.Dataset, run_dir: str) -> int:
