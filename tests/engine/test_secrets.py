@@ -1,7 +1,8 @@
 """API keys: read from a file by the backend in the process that calls the API, and never written anywhere else.
 
 (a) a build through the loopback fake API leaves no key byte in any output file, in the job's output or in Ray's
-session logs, and no process environment holds a key while the API stages run; (b) DEBUG logging of backend
+session logs, and no process environment holds a key while the API stages run: the fault-API job in
+tests/jobs/test_model_stages_job.py, which runs such a build anyway; (b) DEBUG logging of backend
 construction and calls carries no key; (d) the config refuses a key without echoing it, so dump_config cannot
 include one. (c), the job package and the launchers' runtime_env, is in tests/cluster/test_runtime_env.py.
 The AWS side writes what the backend reads: cluster/aws/fetch_secrets.py's folder is read back here.
@@ -14,12 +15,8 @@ import json
 import logging
 import os
 import secrets
-import shutil
-import tempfile
-import threading
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -29,7 +26,7 @@ from engine.config import ConfigError, EngineConfig, dump_config, load_config
 from tests.engine.fake_openai import FakeOpenAI
 
 REPO = Path(__file__).resolve().parents[2]
-_PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
+PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 
 
 def new_key() -> str:
@@ -48,7 +45,7 @@ def key_folder(root: Path, **keys: str) -> Path:
 
 @pytest.fixture
 def clean_env(monkeypatch):
-    for name in (*_PROXY_VARS, KEY_DIR_ENV, "GEMINI_API_KEY", "OPENAI_API_KEY"):
+    for name in (*PROXY_VARS, KEY_DIR_ENV, "GEMINI_API_KEY", "OPENAI_API_KEY"):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
@@ -220,107 +217,3 @@ def test_the_config_dump_holds_names_and_paths_only():
     http = yaml.safe_load(dump_config(config))["annotate"]["backend"]["http"]
     assert (http["api_key_env"], http["api_key_file"]) == ("GEMINI_API_KEY", "/etc/saber/api-keys/G")
     assert {k for k in http if "key" in k} == {"api_key_env", "api_key_file"}  # no field could hold a key
-
-
-# -- (a) a whole build ----------------------------------------------------------------------------------------
-def _environments_holding(needles: list[bytes]) -> tuple[list[int], int]:
-    """PIDs whose environment or command line holds a needle, and how many Ray worker processes were read."""
-    holders, workers = [], 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ, cmdline = (entry / "environ").read_bytes(), (entry / "cmdline").read_bytes()
-        except OSError:  # another user's process, or gone
-            continue
-        workers += b"default_worker.py" in cmdline
-        if any(n in environ or n in cmdline for n in needles):
-            holders.append(int(entry.name))
-    return holders, workers
-
-
-class _Answers:
-    """The fake API's answers; on the first call (an API actor is then alive) it reads every process's
-    environment for the keys."""
-
-    def __init__(self, keys: list[str]) -> None:
-        self.needles = [k.encode() for k in keys]
-        self.lock = threading.Lock()
-        self.scan: tuple[list[int], int] | None = None
-
-    def __call__(self, body, prompt):
-        with self.lock:
-            if self.scan is None:
-                self.scan = _environments_holding(self.needles)
-        first = json.dumps(body["messages"][0]["content"])
-        if "six dimensions" in first:
-            return {"content": json.dumps({
-                "video_desc": "A drawn face talks.", "audio_desc": {"speech_content": "words", "acoustic_feat": "calm"},
-                "facial_exp_desc": "Mouth moves.", "body_lang_desc": "Still.", "sentiment_analysis": "Neutral."})}
-        if "Describe this video" in first:
-            return {"content": "A cartoon face talks calmly."}
-        return {"content": '{"score": 7, "reason": "both describe a talking face"}'}
-
-
-def _http(url: str, **key_source) -> dict:
-    return {"kind": "http", "http": {"base_url": url, "model": "fake", "timeout_s": 5.0, "max_retries": 1,
-                                     "backoff_base_s": 0.01, "backoff_max_s": 0.05, **key_source}}
-
-
-def _leaks(root: Path, needles: list[bytes]) -> list[str]:
-    """Every file under root holding a needle: raw bytes, and for Parquet every value and the schema metadata
-    (a compressed page need not hold the bytes as written)."""
-    found = []
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink()):
-        texts = [path.read_bytes()]
-        if path.suffix == ".parquet":
-            table = pq.read_table(path)
-            texts += [json.dumps(table.to_pylist(), default=str).encode(), str(table.schema.metadata).encode()]
-        found += [str(path.relative_to(root)) for n in needles if any(n in t for t in texts)]
-    return found
-
-
-@pytest.mark.slow
-def test_a_build_through_the_api_leaves_no_key_in_outputs_logs_or_environments(small_set, tmp_path):
-    from tests.jobs.helpers import job_env, run_build
-
-    folder, clips = small_set
-    gemini, openai = new_key(), new_key()
-    keys = key_folder(tmp_path, GEMINI_API_KEY=gemini)
-    (tmp_path / "openai.key").write_text(openai)
-    manifest = tmp_path / "clips.jsonl"
-    manifest.write_text("".join(json.dumps({"uri": str(folder / c.name)}) + "\n"
-                                for c in [c for c in clips if c.kind == "good"][:3]))
-    answers = _Answers([gemini, openai])
-    # Ray's session logs (every worker's stdout/stderr, raylet, GCS) go under this short path (socket path limit).
-    ray_tmp = Path(tempfile.mkdtemp(prefix="rk", dir="/tmp"))
-    env = {k: v for k, v in job_env(RAY_TMPDIR=str(ray_tmp), **{KEY_DIR_ENV: str(keys)}).items()
-           if k not in ("GEMINI_API_KEY", "OPENAI_API_KEY", *_PROXY_VARS)}
-    try:
-        with FakeOpenAI(responder=answers) as server:
-            config = yaml.safe_load((REPO / "jobs" / "configs" / "demo.yaml").read_text())
-            config["asr"]["enabled"] = False
-            pool = {"concurrency": [1, 1], "num_cpus": 0.5}
-            config["resources"]["media_num_cpus"] = 0.5
-            config["annotate"] = {"enabled": True, "backend": _http(server.url, api_key_env="GEMINI_API_KEY"),
-                                  "pool": pool}
-            by_file = _http(server.url, api_key_env="", api_key_file=str(tmp_path / "openai.key"))
-            config["describe"] = {"enabled": True, "backend": by_file, "pool": pool}
-            config["consistency"] = {"enabled": True, "method": "judge", "min_judge_score": 5,
-                                     "judge": {"enabled": True, "backend": by_file, "pool": pool}}
-            (tmp_path / "build.yaml").write_text(yaml.safe_dump(config))
-            out = tmp_path / "out"
-            done = run_build("--config", str(tmp_path / "build.yaml"), "--input", str(manifest), "--output", str(out),
-                             env=env, timeout=400)
-            assert done.returncode == 0, done.stderr[-3000:]
-        needles = [gemini.encode(), openai.encode()]
-        # Both keys were really used, each by its own stages, read from the node folder and from api_key_file.
-        assert set(server.auth_headers) == {f"Bearer {gemini}", f"Bearer {openai}"}
-        assert (out / "config.yaml").is_file() and (out / "report.json").is_file() and any(out.rglob("*.parquet"))
-        assert _leaks(out, needles) == []
-        assert not any(n in (done.stdout + done.stderr).encode() for n in needles)
-        assert any(ray_tmp.rglob("*.log")) and _leaks(ray_tmp, needles) == []
-        holders, workers = answers.scan
-        assert workers >= 1 and holders == [], (holders, workers)
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -2,20 +2,26 @@
 loopback server answers with 429s, 500s, truncated bodies and unusable JSON, and for some clips is down
 (times out) for the whole first run. The job completes, every failure is a recorded reason, the clips the
 outage hit are left retryable (not finished), and the rerun after the outage finishes them, paying for no
-answer twice."""
+answer twice. The API keys come the production way, from files (a node's key folder, a stage's api_key_file), and
+no key byte reaches an output file, the job's output, Ray's session logs or any process environment."""
 
 import hashlib
 import json
+import shutil
+import tempfile
 import threading
 from collections import Counter
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from engine.backends.http import KEY_DIR_ENV
 from engine.writer import read_clip_table
 from tests.engine.fake_openai import FakeOpenAI
-from tests.jobs.helpers import REPO, run_build
+from tests.engine.test_secrets import PROXY_VARS, key_folder, new_key
+from tests.jobs.helpers import REPO, job_env, run_build
 
 pytestmark = pytest.mark.slow
 
@@ -32,8 +38,10 @@ PLAN = {0: "429 twice, then answers", 1: "500 once, then answers", 2: "times out
 class Script:
     """Answers per request; counts calls per request body and per class."""
 
-    def __init__(self) -> None:
+    def __init__(self, keys: list[str]) -> None:
         self.lock = threading.Lock()
+        self.needles = [k.encode() for k in keys]
+        self.scan: tuple[list[int], int] | None = None  # on the first call, while an API actor is alive
         self.calls: Counter[str] = Counter()
         self.answered: Counter[str] = Counter()  # 200 answers (what is paid for) per request body
         self.classes: dict[str, int] = {}
@@ -45,6 +53,8 @@ class Script:
         first_user = json.dumps(messages[0]["content"], sort_keys=True)
         key = hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()
         with self.lock:
+            if self.scan is None:
+                self.scan = environments_holding(self.needles)
             self.calls[key] += 1
             call = self.calls[key]
             if "six dimensions" in first_user:
@@ -75,10 +85,39 @@ class Script:
         return {"content": ANNOTATION}
 
 
-def _http(url, cache):
-    return {"kind": "http", "http": {"base_url": url, "model": "fake-gemini", "api_key_env": "", "timeout_s": 1.0,
+def environments_holding(needles: list[bytes]) -> tuple[list[int], int]:
+    """PIDs whose environment or command line holds a needle, and how many Ray worker processes were read."""
+    holders, workers = [], 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ, cmdline = (entry / "environ").read_bytes(), (entry / "cmdline").read_bytes()
+        except OSError:  # another user's process, or gone
+            continue
+        workers += b"default_worker.py" in cmdline
+        if any(n in environ or n in cmdline for n in needles):
+            holders.append(int(entry.name))
+    return holders, workers
+
+
+def leaks(root: Path, needles: list[bytes]) -> list[str]:
+    """Every file under root holding a needle: raw bytes, and for Parquet every value and the schema metadata
+    (a compressed page need not hold the bytes as written)."""
+    found = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink()):
+        texts = [path.read_bytes()]
+        if path.suffix == ".parquet":
+            table = pq.read_table(path)
+            texts += [json.dumps(table.to_pylist(), default=str).encode(), str(table.schema.metadata).encode()]
+        found += [str(path.relative_to(root)) for n in needles if any(n in t for t in texts)]
+    return found
+
+
+def _http(url, cache, **key_source):
+    return {"kind": "http", "http": {"base_url": url, "model": "fake-gemini", "timeout_s": 1.0,
                                      "max_retries": 2, "backoff_base_s": 0.01, "backoff_max_s": 0.05,
-                                     "max_concurrency": 4, "cache_dir": str(cache)}}
+                                     "max_concurrency": 4, "cache_dir": str(cache), **key_source}}
 
 
 def _config(tmp_path, url, cache):
@@ -88,10 +127,12 @@ def _config(tmp_path, url, cache):
     # pool's actor would wait forever for a CPU.
     pool = {"concurrency": [1, 1], "num_cpus": 0.5}
     config["resources"]["media_num_cpus"] = 0.5
-    config["annotate"] = {"enabled": True, "backend": _http(url, cache), "pool": pool}
-    config["describe"] = {"enabled": True, "backend": _http(url, cache), "pool": pool}
+    # Annotation's key from the node's key folder ($SABER_API_KEY_DIR/GEMINI_API_KEY), the others' from a file.
+    config["annotate"] = {"enabled": True, "backend": _http(url, cache, api_key_env="GEMINI_API_KEY"), "pool": pool}
+    by_file = _http(url, cache, api_key_env="", api_key_file=str(tmp_path / "openai.key"))
+    config["describe"] = {"enabled": True, "backend": by_file, "pool": pool}
     config["consistency"] = {"enabled": True, "method": "judge", "min_judge_score": 5,
-                             "judge": {"enabled": True, "backend": _http(url, cache), "pool": pool}}
+                             "judge": {"enabled": True, "backend": by_file, "pool": pool}}
     path = tmp_path / "models.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -102,20 +143,40 @@ def test_faulty_api_job_completes_records_reasons_and_an_outage_is_retried_never
     manifest = tmp_path / "clips.jsonl"  # no annotations: every clip goes to the annotator
     good = [c for c in clips if c.kind == "good"][:12]
     manifest.write_text("".join(json.dumps({"uri": str(folder / c.name)}) + "\n" for c in good))
-    script, out = Script(), tmp_path / "out"
-    with FakeOpenAI(responder=script) as server:
-        config = _config(tmp_path, server.url, tmp_path / "cache")
-        first = run_build("--config", str(config), "--input", str(manifest), "--output", str(out), timeout=300)
-        assert first.returncode == 0, first.stderr[-3000:]
-        classes = Counter(script.classes.values())
-        after_first = read_clip_table(str(out)).to_pylist()
-        report_first = json.loads((out / "report.json").read_text())
-        calls_first = sum(script.calls.values())
-        script.calls.clear()
-        script.down = False  # the outage is over
-        second = run_build("--config", str(config), "--input", str(manifest), "--output", str(out), timeout=300)
-        assert second.returncode == 0, second.stderr[-3000:]
-        calls_second = dict(script.calls)
+    gemini, openai = new_key(), new_key()
+    keys = key_folder(tmp_path, GEMINI_API_KEY=gemini)
+    (tmp_path / "openai.key").write_text(openai)
+    # Ray's session logs (every worker's stdout/stderr, raylet, GCS) go under this short path (socket path limit).
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rk", dir="/tmp"))
+    env = {k: v for k, v in job_env(RAY_TMPDIR=str(ray_tmp), **{KEY_DIR_ENV: str(keys)}).items()
+           if k not in ("GEMINI_API_KEY", "OPENAI_API_KEY", *PROXY_VARS)}
+    script, out = Script([gemini, openai]), tmp_path / "out"
+    try:
+        with FakeOpenAI(responder=script) as server:
+            config = _config(tmp_path, server.url, tmp_path / "cache")
+            args = ("--config", str(config), "--input", str(manifest), "--output", str(out))
+            first = run_build(*args, env=env, timeout=300)
+            assert first.returncode == 0, first.stderr[-3000:]
+            classes = Counter(script.classes.values())
+            after_first = read_clip_table(str(out)).to_pylist()
+            report_first = json.loads((out / "report.json").read_text())
+            calls_first = sum(script.calls.values())
+            script.calls.clear()
+            script.down = False  # the outage is over
+            second = run_build(*args, env=env, timeout=300)
+            assert second.returncode == 0, second.stderr[-3000:]
+            calls_second = dict(script.calls)
+        # Keys: both really used, each by its own stages (read from the node folder and from api_key_file), and
+        # no byte of either in the outputs, the response cache, the job's output, Ray's logs or an environment.
+        needles = [gemini.encode(), openai.encode()]
+        assert set(server.auth_headers) == {f"Bearer {gemini}", f"Bearer {openai}"}
+        assert leaks(out, needles) == [] and leaks(tmp_path / "cache", needles) == []
+        assert not any(n in (run.stdout + run.stderr).encode() for run in (first, second) for n in needles)
+        assert any(ray_tmp.rglob("*.log")) and leaks(ray_tmp, needles) == []
+        holders, workers = script.scan
+        assert workers >= 1 and holders == [], (holders, workers)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
     assert sum(classes.values()) == 12 and set(classes) == set(PLAN)
     # First run: the outage's clips are not finished (no row in clips/), they wait in the attempt ledger.
