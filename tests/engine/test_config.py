@@ -66,7 +66,9 @@ def test_production_names_the_papers_models_with_gpu_per_describe_actor():
     assert config.consistency.method == "judge" and config.consistency.judge.backend.http.model == "gpt-4o"
     assert config.saber_test.enabled and config.saber_test.per_subset == 900
     assert config.saber_test.judge.backend.http.model == "gpt-4o"
-    assert funnel_stages(config)[-4:] == ["annotate", "asr", "describe", "consistency"]
+    assert config.neardup.enabled  # ten corpora cut from shared films and series
+    assert funnel_stages(config) == ["annotation", "probe", "decode", "noise", "fingerprint", "annotate", "asr",
+                                     "describe", "consistency", "neardup"]
     # Minimum pools: 1 media task + annotate 1 + asr 4 + judge 1 CPUs; asr 0.5 + one vLLM engine (TP 1) GPUs.
     assert minimum_resources(config) == {"CPU": 7.0, "GPU": 1.5}
 
