@@ -29,7 +29,7 @@ def collate_sed(batch: dict[str, Sequence[np.ndarray]], pad_token_id: int) -> di
     input_features = torch.zeros(len(features), features[0].shape[0], frames)
     feature_mask = torch.zeros(len(features), frames, dtype=torch.long)
     for i, feat in enumerate(features):
-        input_features[i, :, : feat.shape[1]] = torch.from_numpy(feat)
+        input_features[i, :, : feat.shape[1]] = torch.tensor(feat)  # a copy: Ray blocks are read-only arrays
         feature_mask[i, : feat.shape[1]] = 1
     return {
         "input_ids": input_ids,
