@@ -7,7 +7,6 @@ only clips without a verdict yet; `saber_test/`, `sed/` and `exports/` are then 
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from collections.abc import Callable
@@ -18,8 +17,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine import storage
-from engine.exports import llama_factory_dataset_info, to_llama_factory, to_ms_swift
+from engine import exports, storage
 from engine.failures import FINAL, GAVE_UP, RETRYABLE
 from engine.ledger import settle
 from engine.saber_test import SaberTestCandidate, group_stats, select_test, split_train
@@ -213,16 +211,5 @@ def write_splits(output: str, splits: Splits, with_test: bool) -> None:
 
 
 def write_exports(output: str, train: list[dict[str, Any]], test: list[dict[str, Any]] | None) -> None:
-    """The same records as ms-swift and LLaMA-Factory multimodal JSONL (plus LLaMA-Factory's dataset_info)."""
-    fs = storage.filesystem(output)
-    base = f"{storage.strip_protocol(output)}/exports"
-    splits = {"train": train, **({"test": test} if test is not None else {})}
-    info: dict[str, Any] = {}
-    for split, records in splits.items():
-        for folder, convert in (("ms_swift", to_ms_swift), ("llama_factory", to_llama_factory)):
-            fs.makedirs(f"{base}/{folder}", exist_ok=True)
-            text = "".join(json.dumps(convert(r), ensure_ascii=False) + "\n" for r in records)
-            fs.pipe_file(f"{base}/{folder}/saber_{split}.jsonl", text.encode("utf-8"))
-        if records:  # an empty file listed in dataset_info.json crashes LLaMA-Factory's loader (StopIteration)
-            info |= llama_factory_dataset_info(f"saber_{split}", f"saber_{split}.jsonl")
-    fs.pipe_file(f"{base}/llama_factory/dataset_info.json", json.dumps(info, indent=2).encode("utf-8"))
+    """The same records as ms-swift and LLaMA-Factory multimodal JSONL under OUT/exports/ (engine.exports)."""
+    exports.write_exports(storage.join(output, "exports"), {"saber_train": train, "saber_test": test or []})

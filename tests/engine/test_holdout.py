@@ -182,16 +182,16 @@ def test_relation_failures_follow_the_failure_policy(tmp_path):
     assert (latest[a]["verdict"], latest[b]["failure"], latest[c]["failure"]) == ("ok", "final", "gave_up")
 
 
-def test_an_empty_split_is_not_listed_for_llama_factory(tmp_path):
-    """No test record (no clip judged yet): saber_test.jsonl is empty, and dataset_info.json does not list it
-    (LLaMA-Factory 0.9.5 raises StopIteration on an empty listed file)."""
+def test_an_empty_split_is_neither_written_nor_listed(tmp_path):
+    """No test record (no clip judged yet): no saber_test.jsonl for either framework, and dataset_info.json does
+    not list it (LLaMA-Factory 0.9.5 raises StopIteration on an empty listed file, ms-swift on an empty file)."""
     clips = _clips(SPEC)
     splits = holdout.make_splits(holdout.sed_candidates(clips), {}, per_subset=2)
     assert splits.test == []
     holdout.write_splits(str(tmp_path), splits, with_test=True)
     info = json.loads((tmp_path / "exports" / "llama_factory" / "dataset_info.json").read_text())
     assert set(info) == {"saber_train"}
-    assert (tmp_path / "exports" / "llama_factory" / "saber_test.jsonl").read_text() == ""
+    assert not list((tmp_path / "exports").rglob("saber_test.jsonl"))
 
 
 # (name, recording, speaker, relation, intensity): h shares recording v1 with a; b shares speaker A with a; f
