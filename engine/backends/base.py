@@ -21,6 +21,22 @@ _KEY_VERSION = 1
 
 
 @dataclass(frozen=True)
+class ResponseSchema:
+    """The JSON Schema an answer must follow (engine.verdicts builds one per verdict from a pydantic model).
+
+    Backends that can, constrain generation to it (local: a grammar over the tokenizer; HTTP: response_format
+    json_schema; vLLM: structured outputs); the stage parses the answer strictly either way.
+    """
+
+    name: str  # [a-zA-Z0-9_-], as OpenAI's response_format.json_schema.name requires
+    schema: dict[str, Any]
+
+    @property
+    def text(self) -> str:
+        return json.dumps(self.schema, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
 class ChatRequest:
     """One OpenAI-format chat call; `content` may be a list of text / image_url / input_audio parts."""
 
@@ -28,6 +44,7 @@ class ChatRequest:
     max_tokens: int = 512
     temperature: float = 0.0
     json_mode: bool = False  # ask for response_format {"type": "json_object"}
+    response_schema: ResponseSchema | None = None  # the verdict's schema, for backends that constrain decoding
     media_key: str | None = None  # a hash of the media, used in the cache key instead of the base64 payloads
     tag: str = ""  # which stage asks, for the token/cost log, e.g. "annotate"
 
@@ -80,6 +97,8 @@ def request_key(model_id: str, request: ChatRequest) -> str:
         "temperature": float(request.temperature),
         "json_mode": bool(request.json_mode),
     }
+    if request.response_schema is not None:  # only then: keys of requests without a schema stay as they were
+        identity["schema"] = request.response_schema.schema
     blob = json.dumps(identity, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 

@@ -10,12 +10,13 @@ there is one) and calls `chat()` per batch. Requests arrive in the OpenAI shape 
   inference layout, not interleaved into the video).
 - `causal_lm`: text only; text parts are joined with newlines, any media part is `unsupported_media`.
 
-Generation is batched in chunks of `batch_size` requests sharing (temperature, max_tokens), left-padded;
-greedy at temperature 0, otherwise plain temperature sampling (top_p=1, no top_k, as OpenAI's defaults).
-`json_mode` is ignored: no constrained decoding here, the caller parses and validates the text as it does
-for any backend. Per-request failures are results ("bad_media", "unsupported_media", "too_long"); a chunk
-that runs out of memory is split in halves and run again, and a single request that still does not fit is
-answered "out_of_memory" (retryable: engine.failures); anything else raises.
+Generation is batched in chunks of `batch_size` requests sharing (temperature, max_tokens, response_schema),
+left-padded; greedy at temperature 0, otherwise plain temperature sampling (top_p=1, no top_k, as OpenAI's
+defaults). A request's `response_schema` constrains its generation (engine.constrained) unless
+`constrained_decoding` is off; the caller parses the text either way. Per-request failures are results
+("bad_media", "unsupported_media", "too_long"); a chunk that runs out of memory is split in halves and run
+again, and a single request that still does not fit is answered "out_of_memory" (retryable: engine.failures);
+anything else raises.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pydantic import Field, model_validator
 from engine.backends.base import ChatRequest, ChatResult, UsageLog
 from engine.backends.media_parts import MediaPartError, decode_audio, decode_frames, is_audio_part, is_image_part
 from engine.config_base import ConfigSection
+from engine.constrained import JsonSchemaDecoding
 
 # torch and transformers are imported where a model is loaded or run, not here: engine.config imports this module
 # for LocalBackendConfig, and every media task, driver and API-stage actor imports the config (~3 s each on 2 cores).
@@ -61,6 +63,9 @@ class LocalBackendConfig(ConfigSection):
     # The rate the engine sampled frames at (MediaConfig.fps): sets the video tokens' temporal RoPE positions.
     frames_fps: float = Field(2.0, gt=0)
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] = "sdpa"
+    constrained_decoding: bool = True  # generate verdicts within their JSON Schema (engine.constrained)
+    # Caps every free string of a schema (characters): a random tiny model fills strings to their maxLength.
+    max_string_chars: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _tiny_kind_matches(self) -> LocalBackendConfig:
@@ -132,6 +137,8 @@ class TransformersChatBackend:
             self.tokenizer.pad_token = self.tokenizer.eos_token  # batching needs one; the mask hides it
         self._stop_ids = _stop_ids(self.model.generation_config, self.tokenizer)
         self._max_len = self.model.config.get_text_config().max_position_embeddings
+        self._schemas = (JsonSchemaDecoding.for_model(self.model, self.tokenizer, self._stop_ids,
+                                                      config.max_string_chars) if config.constrained_decoding else None)
         self._usage = UsageLog(config.model)
         self._logged_grid = False
 
@@ -208,8 +215,9 @@ class TransformersChatBackend:
 
     def _chunks(self, prompts: list[_Prompt]) -> list[list[_Prompt]]:
         """Prompts grouped by their generation settings (stable order), then cut into batch_size chunks."""
-        def settings(prompt: _Prompt) -> tuple[float, int]:
-            return float(prompt.request.temperature), prompt.request.max_tokens
+        def settings(prompt: _Prompt) -> tuple[float, int, str]:
+            schema = prompt.request.response_schema
+            return float(prompt.request.temperature), prompt.request.max_tokens, schema.text if schema else ""
 
         chunks = []
         for _, group in groupby(sorted(prompts, key=settings), key=settings):
@@ -227,9 +235,9 @@ class TransformersChatBackend:
         fits = [n + prompt.request.max_tokens <= self._max_len for prompt, n in zip(chunk, lengths, strict=True)]
         if not all(fits):
             return self._without_too_long(chunk, lengths, fits)
-        request = chunk[0].request  # every prompt of a chunk shares temperature and max_tokens
+        request = chunk[0].request  # every prompt of a chunk shares temperature, max_tokens and schema
         try:
-            new_tokens = self._generate(inputs, request.temperature, request.max_tokens)
+            new_tokens = self._generate(inputs, request)
         except MemoryError as err:  # torch.OutOfMemoryError is not a MemoryError: see _out_of_memory
             return self._split_after_oom(chunk, err)
         except RuntimeError as err:
@@ -281,15 +289,18 @@ class TransformersChatBackend:
         # Floating tensors (pixels, audio features) take the model's dtype; ids and masks stay integers.
         return inputs.to(self.device, dtype=self.dtype)
 
-    def _generate(self, inputs: Any, temperature: float, max_tokens: int) -> torch.Tensor:
-        sampling = {"do_sample": False}
-        if temperature > 0:
+    def _generate(self, inputs: Any, request: ChatRequest) -> torch.Tensor:
+        sampling: dict[str, Any] = {"do_sample": False}
+        if request.temperature > 0:
             # Plain temperature sampling: real checkpoints ship top_p/top_k in generation_config.json.
-            sampling = {"do_sample": True, "temperature": float(temperature), "top_p": 1.0, "top_k": 0}
+            sampling = {"do_sample": True, "temperature": float(request.temperature), "top_p": 1.0, "top_k": 0}
+        if self._schemas is not None and request.response_schema is not None:
+            rows = inputs["input_ids"].shape[0]
+            sampling["logits_processor"] = [self._schemas.logits_processor(request.response_schema, rows)]
         import torch
 
         with torch.inference_mode():
-            output = self.model.generate(**inputs, max_new_tokens=max_tokens, **sampling)
+            output = self.model.generate(**inputs, max_new_tokens=request.max_tokens, **sampling)
         # Left padding: every prompt ends at the same column, so the new tokens are all that follows it.
         return output[:, inputs["input_ids"].shape[1]:].cpu()
 

@@ -8,7 +8,7 @@ from engine.backends.media_parts import audio_part, frame_parts, media_key
 from engine.prompts import ANNOTATE, annotate_prompt
 from engine.stages.base import Row
 from engine.stages.model_stage import BatchedModelStage
-from engine.verdicts import parse_json_object
+from engine.verdicts import ANNOTATION_SCHEMA, parse_json_object
 
 
 class AnnotateStage(BatchedModelStage):
@@ -32,7 +32,8 @@ class AnnotateStage(BatchedModelStage):
         content = [*frame_parts(row["frames_jpeg"]), audio_part(row["audio_pcm"]),
                    {"type": "text", "text": annotate_prompt(row["lang"]).text}]
         return ChatRequest([{"role": "user", "content": content}], max_tokens=self.max_tokens, json_mode=True,
-                           media_key=media_key(row["frames_jpeg"], row["audio_pcm"]), tag=self.name)
+                           response_schema=ANNOTATION_SCHEMA, media_key=media_key(row["frames_jpeg"], row["audio_pcm"]),
+                           tag=self.name)
 
     def accept(self, row: Row, text: str) -> None:
         row.update(flatten_annotation(parse_json_object(text)), annotation_source=f"model:{self.backend.model_id}")

@@ -8,7 +8,7 @@ from engine.prompts import CONSISTENCY_JUDGE, fence
 from engine.stages.base import Row
 from engine.stages.consistency import annotation_visual_text
 from engine.stages.model_stage import BatchedModelStage
-from engine.verdicts import parse_consistency
+from engine.verdicts import CONSISTENCY_SCHEMA, parse_consistency
 
 
 class ConsistencyJudgeStage(BatchedModelStage):
@@ -28,7 +28,8 @@ class ConsistencyJudgeStage(BatchedModelStage):
     def request(self, row: Row) -> ChatRequest:
         text = CONSISTENCY_JUDGE.text.format(annotation=fence(annotation_visual_text(row)),
                                              description=fence(row["description"]))
-        return ChatRequest([{"role": "user", "content": text}], max_tokens=128, json_mode=True, tag=self.name)
+        return ChatRequest([{"role": "user", "content": text}], max_tokens=128, json_mode=True,
+                           response_schema=CONSISTENCY_SCHEMA, tag=self.name)
 
     def accept(self, row: Row, text: str) -> None:
         verdict = parse_consistency(text)

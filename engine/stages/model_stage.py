@@ -100,7 +100,8 @@ class BatchedModelStage(RowStage):
         messages = [*request.messages, {"role": "assistant", "content": answer},
                     {"role": "user", "content": REPAIR.text.format(error=error)}]
         return ChatRequest(messages, max_tokens=request.max_tokens, temperature=0.0, json_mode=request.json_mode,
-                           media_key=request.media_key, tag=f"{request.tag}-repair")
+                           response_schema=request.response_schema, media_key=request.media_key,
+                           tag=f"{request.tag}-repair")
 
     def _record(self, row: Row) -> None:
         self.record_provenance(row, self.backend.model_id)

@@ -11,7 +11,7 @@ from engine.prompts import AV_RELATION_JUDGE, fence
 from engine.schema import ANNOTATION_FIELDS
 from engine.stages.base import Row
 from engine.stages.model_stage import BatchedModelStage
-from engine.verdicts import parse_relation
+from engine.verdicts import RELATION_SCHEMA, parse_relation
 
 # Headings the judge sees for each annotation field (the flattened column names mean little to a model).
 _HEADINGS = {"video_desc": "Scene", "speech_content": "Speech content", "acoustic_feat": "Acoustic features",
@@ -37,7 +37,7 @@ class RelationJudgeStage(BatchedModelStage):
     def request(self, row: Row) -> ChatRequest:
         text = AV_RELATION_JUDGE.text.format(annotation=fence(annotation_text(row)))
         return ChatRequest([{"role": "user", "content": text}], max_tokens=self.max_tokens, json_mode=True,
-                           tag=self.name)
+                           response_schema=RELATION_SCHEMA, tag=self.name)
 
     def accept(self, row: Row, text: str) -> None:
         verdict = parse_relation(text)

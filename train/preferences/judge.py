@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
 
 from engine import storage
 from engine.backends.base import ChatBackend, ChatRequest
@@ -29,7 +30,7 @@ from engine.sed import SedFormatError, parse_sed_response
 from engine.stages.base import Row
 from engine.stages.model_stage import BatchedModelStage
 from engine.stages.relation import annotation_text
-from engine.verdicts import VerdictError, parse_json_object
+from engine.verdicts import REASON_MAX_CHARS, VerdictError, parse_json_object, response_schema
 from train.preferences.schema import QUERY_SCHEMA
 
 if TYPE_CHECKING:
@@ -58,6 +59,18 @@ PREFERENCE_JUDGE = Prompt("preference-judge", (
     "it little.\n"
     "Grade an answer that lacks the three headings on its content all the same. Answer with ONLY a JSON object: "
     '{{"logical_consistency": <integer 0-10>, "evidence_alignment": <integer 0-10>, "reason": "<one sentence>"}}'))
+
+
+class PreferenceScoresAnswer(BaseModel):
+    """The judge's answer (its JSON Schema constrains decoding where the backend can)."""
+
+    model_config = ConfigDict(extra="forbid")
+    logical_consistency: int = Field(ge=0, le=10)
+    evidence_alignment: int = Field(ge=0, le=10)
+    reason: str = Field(max_length=REASON_MAX_CHARS)
+
+
+PREFERENCE_SCHEMA = response_schema(PreferenceScoresAnswer, "preference_scores")
 
 
 @dataclass(frozen=True)
@@ -114,7 +127,7 @@ class PreferenceJudgeStage(BatchedModelStage):
         text = PREFERENCE_JUDGE.text.format(annotation=fence(annotation_text(row)), response=fence(row["response"]),
                                             relation=_RELATION_TEXT[row["av_relation"]])
         return ChatRequest([{"role": "user", "content": text}], max_tokens=self.max_tokens, json_mode=True,
-                           tag=self.name)
+                           response_schema=PREFERENCE_SCHEMA, tag=self.name)
 
     def accept(self, row: Row, text: str) -> None:
         row["judge_score"] = parse_judge_score(text)
