@@ -138,6 +138,28 @@ def test_emotion_groups():
     assert emotion_groups_in_text("Nervous at first, then relieved.") == {"worry"}
     assert emotion_groups_in_text("") == set()
     assert emotion_groups_in_text("The speech content is composed of two requests.") == set()
+    assert emotion_groups_in_text("She looks happy but also disgusted.") == {"happy", "disgust"}
+    assert emotion_group("Disgusted") == "disgust" and emotion_group("nostalgic") == "nostalgic"
+
+
+def test_an_emotion_outside_the_table_counts_in_free_text_as_in_a_list():
+    # Y = {happy}; Ŷ = {happy, disgust} either way: accuracy 1/2, recall 1, average 3/4 (MoSEAR Eq. 22-24).
+    text = grouped_label_scores([["happy"]], ["She looks happy but also disgusted."])
+    listed = grouped_label_scores([["happy"]], [["happy", "disgusted"]])
+    assert (text.accuracy, text.recall, text.average) == (listed.accuracy, listed.recall, listed.average) == (
+        0.5, 1.0, 0.75)
+
+
+def test_the_emotion_vocabulary_covers_the_benchmarks_and_the_corpora():
+    from engine.corpora.emotions import EMOTION_TABLE
+    from train.evaluation.benchmarks import DFEW_CLASSES, MER2023_CLASSES, RAVDESS_CLASSES
+    from train.evaluation.metrics import OTHER_EMOTIONS
+
+    not_emotions_in_text = {"interest", "trust", "distraction", "other", "no_agreement"}
+    words = {*DFEW_CLASSES, *RAVDESS_CLASSES, *MER2023_CLASSES, *EMOTION_TABLE} - not_emotions_in_text
+    unseen = {w for w in words if not emotion_groups_in_text(f"they seem {w} here")}
+    assert unseen == set(), unseen
+    assert not set(OTHER_EMOTIONS) & set(EMOTION_GROUPS)
     with pytest.raises(ValueError, match="no ground-truth"):
         grouped_label_scores([set()], [{"happy"}])
     with pytest.raises(ValueError, match="collections of words"):

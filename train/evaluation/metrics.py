@@ -124,17 +124,32 @@ EMOTION_GROUPS: dict[str, tuple[str, ...]] = {
               "confused", "confusion", "uncertain", "uncertainty", "disbelief"),
     "contempt": ("contemptuous", "disdain", "disdainful", "scorn", "scornful", "sneering", "mocking", "derision"),
 }
-_WORD_TO_GROUP: dict[str, str] = {w: group for group, words in EMOTION_GROUPS.items() for w in (group, *words)}
+# Emotions outside the CA-MER labels, with their word forms: each is a group of its own (G's treatment of a label
+# outside every group), listed so that free text is searched for them too. MoSEAR Eq. 22 groups every predicted
+# label, so "happy but also disgusted" must count two predictions, as the list ["happy", "disgusted"] does; a word
+# nobody listed is seen in a list but not in free text. The vocabulary: the emotion classes of the benchmarks scored
+# here (DFEW, RAVDESS, MER2023) and of the ten source corpora (engine.corpora.emotions), less words that are mostly
+# not emotions in running text ("interest", "trust", "distraction", "other"); tests check that coverage.
+OTHER_EMOTIONS: dict[str, tuple[str, ...]] = {
+    "disgust": ("disgusted", "disgusting", "disgustedly", "revulsion", "repulsed"),
+    "anticipation": ("anticipating", "expectant"),
+    "serenity": ("serene",),
+    "boredom": ("bored",),
+}
+_WORD_TO_GROUP: dict[str, str] = {w: group for groups in (EMOTION_GROUPS, OTHER_EMOTIONS)
+                                  for group, words in groups.items() for w in (group, *words)}
 
 
 def emotion_group(word: str) -> str:
-    """The CA-MER label a word belongs to, or the (normalised) word itself when it is in no group."""
+    """The CA-MER label (or OTHER_EMOTIONS group) a word belongs to, or the (normalised) word itself when it is in
+    no group."""
     key = " ".join(word.lower().split())
     return _WORD_TO_GROUP.get(key, key)
 
 
 def emotion_groups_in_text(text: str) -> set[str]:
-    """CA-MER labels whose words occur in free text. Lexical only: it does not see negation ("not angry"),
+    """Emotion groups whose words occur in free text: the CA-MER labels and the OTHER_EMOTIONS, so that an emotion
+    outside the table counts in |Ŷ| as it does in a list. Lexical only: it does not see negation ("not angry"),
     so feed it the final conclusion of an answer, or pass extracted keywords as a set instead."""
     return {_WORD_TO_GROUP[t] for t in re.findall(r"[a-z]+", text.lower()) if t in _WORD_TO_GROUP}
 
@@ -292,7 +307,7 @@ def emobench_m_summary(task_accuracy: Mapping[str, float]) -> EmoBenchMSummary:
     """Category and overall means from per-task accuracies, in whatever unit they come (fraction or percent).
 
     Table II's all_Avg is the mean of the category averages: for SABER-LLM (59.59, 52.15, 67.91) it gives
-    59.88, whereas the mean over its twelve tasks is 53.43.
+    59.88, whereas the mean over its twelve tasks is 57.88.
     """
     if unknown := set(task_accuracy) - set(EMOBENCH_M_TASKS):
         raise ValueError(f"unknown EmoBench-M tasks {sorted(unknown)}; known: {list(EMOBENCH_M_TASKS)}")
