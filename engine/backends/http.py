@@ -79,6 +79,10 @@ class HttpBackendConfig(ConfigSection):
     cache_dir: str | None = None  # local folder or s3://; None disables the response cache
     usd_per_1k_prompt: float = Field(0.0, ge=0)
     usd_per_1k_completion: float = Field(0.0, ge=0)
+    # Send a verdict's schema as response_format {"type": "json_schema", ...} (strict). Only for APIs that take
+    # it (OpenAI, vLLM and SGLang servers; Gemini's OpenAI endpoint); otherwise {"type": "json_object"} is asked
+    # and the strict parser plus one repair re-ask do the work. Part of the cache key only when on.
+    json_schema: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -156,6 +160,7 @@ class HttpChatBackend:
     def chat(self, requests: list[ChatRequest]) -> list[ChatResult]:
         """Identical requests of one batch (e.g. the same judge question for two clips) are sent once: the
         response cache only knows an answer after it came back, so both would otherwise be paid for."""
+        requests = [self._as_sent(request) for request in requests]
         keys = [request_key(self.model_id, request) for request in requests]
         first = {key: index for index, key in reversed(list(enumerate(keys)))}
         unique = sorted(first.values())
@@ -235,9 +240,19 @@ class HttpChatBackend:
     def _payload(self, request: ChatRequest) -> dict[str, Any]:
         payload: dict[str, Any] = {"model": self.model_id, "messages": request.messages,
                                    "max_tokens": request.max_tokens, "temperature": request.temperature}
-        if request.json_mode:
+        if request.response_schema is not None:  # only left on by _as_sent when the API takes schemas
+            schema = request.response_schema
+            payload["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": schema.name, "schema": schema.schema, "strict": True}}
+        elif request.json_mode:
             payload["response_format"] = {"type": "json_object"}
         return payload
+
+    def _as_sent(self, request: ChatRequest) -> ChatRequest:
+        """The request as this API gets it: without its schema when the config says the API takes none."""
+        if self.config.json_schema or request.response_schema is None:
+            return request
+        return replace(request, response_schema=None)
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         cap = self.config.backoff_max_s
