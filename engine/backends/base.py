@@ -33,7 +33,8 @@ class ResponseSchema:
 
     @property
     def text(self) -> str:
-        return json.dumps(self.schema, sort_keys=True, separators=(",", ":"))
+        """The schema as compact JSON, keys in their order (a constrained answer writes properties in it)."""
+        return json.dumps(self.schema, separators=(",", ":"))
 
 
 @dataclass(frozen=True)

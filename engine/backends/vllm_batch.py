@@ -5,6 +5,11 @@ detokenize) that keeps the GPUs saturated with continuous batching; this module 
 request columns and its answers back to clip rows. The request is the describe stage's own (same prompt,
 same frames as image parts), so HTTP, local and vLLM descriptions differ only in the model that answers.
 
+A verdict stage put on this path builds its rows with `chat_request_row`: the request's JSON Schema goes into
+`sampling_params.structured_outputs` (ray.data.llm turns it into vLLM's StructuredOutputsParams, decoded by the
+engine's structured-output back end, xgrammar unless `structured_outputs_backend` says otherwise), as a JSON
+string so that every row's column has one Arrow type. Not run here: vLLM is not installed on CPU machines.
+
 Rows rejected upstream still pass through the processor (a Ray Data stream cannot bypass an operator
 without running the upstream twice): they get a one-token text-only request, a negligible cost next to a
 clip's 40 frames, and keep their rejection.
@@ -12,10 +17,11 @@ clip's 40 frames, and keep their rejection.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
+from engine.backends.base import ChatRequest
 from engine.config_base import ConfigSection
 from engine.failures import RETRYABLE
 from engine.schema import WORK_SCHEMA, is_alive, reject
@@ -37,6 +43,8 @@ class VllmBatchConfig(ConfigSection):
     accelerator_type: str | None = None  # e.g. "A100": pins engine actors to that GPU type
     max_concurrent_batches: int = Field(4, ge=1)
     temperature: float = Field(0.0, ge=0)
+    # vLLM's structured_outputs_config.backend for schema-constrained requests; "auto" leaves vLLM's choice.
+    structured_outputs_backend: Literal["auto", "xgrammar", "guidance", "outlines", "lm-format-enforcer"] = "auto"
 
 
 def processor_config(config: VllmBatchConfig) -> Any:
@@ -44,9 +52,12 @@ def processor_config(config: VllmBatchConfig) -> Any:
     cannot take (too many frames for the context, a corrupt image) becomes a rejection, not a failed job."""
     from ray.data.llm import vLLMEngineProcessorConfig
 
+    engine_kwargs = dict(config.engine_kwargs)
+    if config.structured_outputs_backend != "auto":
+        engine_kwargs["structured_outputs_config"] = {"backend": config.structured_outputs_backend}
     return vLLMEngineProcessorConfig(
         model_source=config.model_source,
-        engine_kwargs=dict(config.engine_kwargs),
+        engine_kwargs=engine_kwargs,
         concurrency=config.concurrency,
         batch_size=config.batch_size,
         accelerator_type=config.accelerator_type,
@@ -65,6 +76,14 @@ def describe_request(row: Row, max_tokens: int, temperature: float) -> dict[str,
                 "sampling_params": {"max_tokens": 1, "temperature": 0.0}}
     request = DescribeStage.build_request(row, max_tokens)
     return {"messages": request.messages, "sampling_params": {"max_tokens": max_tokens, "temperature": temperature}}
+
+
+def chat_request_row(request: ChatRequest) -> dict[str, Any]:
+    """The processor's input columns for one ChatRequest; its response_schema becomes vLLM structured outputs."""
+    sampling: dict[str, Any] = {"max_tokens": request.max_tokens, "temperature": request.temperature}
+    if request.response_schema is not None:
+        sampling["structured_outputs"] = {"json": request.response_schema.text}
+    return {"messages": request.messages, "sampling_params": sampling}
 
 
 def describe_result(row: Row, model_id: str) -> Row:

@@ -101,3 +101,28 @@ def test_config_places_vllm_on_describe_only_and_counts_its_gpus(tmp_path):
     path.write_text(json.dumps({"input": "i", "output": "o", "annotate": {"enabled": True, "backend": vllm}}))
     with pytest.raises(ConfigError, match="describe stage only"):
         load_config(EngineConfig, path, [])
+
+
+def test_a_verdict_request_carries_its_schema_as_structured_outputs():
+    from engine.backends.base import ChatRequest
+    from engine.backends.vllm_batch import chat_request_row
+    from engine.verdicts import RELATION_SCHEMA
+
+    request = ChatRequest([{"role": "user", "content": "judge"}], max_tokens=96, response_schema=RELATION_SCHEMA)
+    row = chat_request_row(request)
+    assert row["messages"] == request.messages
+    structured = row["sampling_params"].pop("structured_outputs")
+    assert row["sampling_params"] == {"max_tokens": 96, "temperature": 0.0}
+    # A JSON string (one Arrow type for every row), keys in the schema's order: relation is written first.
+    assert json.loads(structured["json"]) == RELATION_SCHEMA.schema
+    assert list(json.loads(structured["json"])["properties"]) == ["relation", "intensity", "reason"]
+    plain = chat_request_row(ChatRequest([{"role": "user", "content": "describe"}], max_tokens=8))
+    assert "structured_outputs" not in plain["sampling_params"]
+
+
+def test_structured_outputs_backend_goes_to_the_engine_kwargs():
+    pytest.importorskip("ray.data.llm")
+    assert "structured_outputs_config" not in processor_config(VllmBatchConfig()).engine_kwargs
+    config = processor_config(VllmBatchConfig(structured_outputs_backend="xgrammar"))
+    assert config.engine_kwargs["structured_outputs_config"] == {"backend": "xgrammar"}
+    assert config.engine_kwargs["enable_prefix_caching"]  # the configured kwargs stay
