@@ -13,8 +13,9 @@ since both loaders crash on an empty file):
 Audio convention: the soundtrack is a separate stream (as the official SABER inference), so `audios` names the
 same file as `videos` and the user turn carries both tags. Train with ms-swift's `USE_AUDIO_IN_VIDEO` unset
 (false): set, ms-swift also extracts the soundtrack from every video, and with `audios` naming the same file the
-model hears it twice. LLaMA-Factory's `use_audio_in_video: false` (its default) reads the two streams as
-given; `true` wants the video tag alone with the soundtrack in `audios`, interleaved into the video tokens.
+model hears it twice. LLaMA-Factory reads these rows right either way: `use_audio_in_video: false` (its default)
+gives two streams; `true` interleaves each `<video>`'s following `<audio>` into the video tokens in 2 s chunks
+(it requires that pairing and as many audios as videos, which this layout has), the soundtrack still once.
 
 Neither framework opens `s3://` paths: `jobs/export.py` rewrites them through engine.exports_media (download
 to a local folder, or map a prefix to a mounted path).
