@@ -99,6 +99,10 @@ def test_demo_full_through_ray_job_submit_runs_every_stage_with_tiny_models(smal
     relations = pq.read_table(out / "relations").to_pylist()
     assert sorted(r["clip_id"] for r in relations) == sorted(r["clip_id"] for r in kept)
     assert report["splits"]["relations"]["judged"] == len(kept)
+    # The tiny judge decodes within the relation schema (engine.constrained): noise, but every verdict parses.
+    assert report["splits"]["relations"]["failed"] == {}
+    assert {r["av_relation"] for r in relations} <= {"consistent", "inconsistent"}
+    assert report["splits"]["saber_test"]["consistent"] + report["splits"]["saber_test"]["inconsistent"] > 0
     assert pq.read_table(out / "sed").num_rows + sum(report["splits"]["saber_test"][k] for k in
                                                      ("consistent", "inconsistent")) <= len(kept)
     assert (out / "exports" / "llama_factory" / "dataset_info.json").exists()
