@@ -173,7 +173,7 @@ def test_local_backend_halves_a_chunk_that_runs_out_of_memory(monkeypatch):
         return {"attention_mask": torch.ones(len(chunk), 3, dtype=torch.long),
                 "ids": [p.text for p in chunk]}
 
-    def generate(inputs, temperature, max_tokens):
+    def generate(inputs, request):
         sizes.append(len(inputs["ids"]))
         if len(inputs["ids"]) > 2 or "huge" in inputs["ids"]:
             raise torch.OutOfMemoryError("CUDA out of memory")
