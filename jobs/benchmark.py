@@ -19,8 +19,8 @@ and from in-memory bytes. Writes outputs/benchmarks/isolation.json.
 (faster-whisper's BatchedInferencePipeline, as the ASR actor runs it) at each batch size, and how many transcripts
 and WER verdicts the two share. Writes outputs/benchmarks/asr.json.
 `neardup`: milliseconds per clip of the near-duplicate fingerprint stage (frames, audio) on the decoded clips, and the
-global step's time and peak memory on that many synthetic clips of the clips' mean length (engine.neardup_benchmark).
-Writes outputs/benchmarks/neardup.json.
+global step's time and peak memory on that many synthetic clips of the clips' mean length
+(engine.devkit.neardup_benchmark). Writes outputs/benchmarks/neardup.json.
 """
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ import torch  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from engine.benchmarking import benchmark_asr, benchmark_engine, benchmark_isolation  # noqa: E402
-from engine.config import EngineConfig, load_config  # noqa: E402
-from engine.demo_data import generate_demo_set  # noqa: E402
+from engine.core.config import EngineConfig, load_config  # noqa: E402
+from engine.devkit.benchmarking import benchmark_asr, benchmark_engine, benchmark_isolation  # noqa: E402
+from engine.devkit.demo_data import generate_demo_set  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,12 +72,12 @@ def benchmark_sft(args: argparse.Namespace) -> int:
     import ray
     from transformers import AutoProcessor
 
-    from engine.config import load_config as load
-    from train.benchmarking import plain_loop, recipe_summary
-    from train.config import SftConfig
-    from train.modeling import resolve_model_path
+    from engine.core.config import load_config as load
+    from train.core.config import SftConfig
+    from train.core.modeling import resolve_model_path
+    from train.data.sed_data import SedEncoder, load_media
+    from train.recipes.benchmarking import plain_loop, recipe_summary
     from train.recipes.sft import run
-    from train.sed_data import SedEncoder, load_media
 
     work = args.out / "sft_work"
     sed_dir = _sed_records_from_demo(args.clips, work / "sed")
@@ -110,10 +110,10 @@ def benchmark_sft(args: argparse.Namespace) -> int:
 
 def _sed_records_from_demo(clips: Path, out: Path) -> Path:
     """SED records for the demo set's correctly annotated clips (what build_saber would keep)."""
-    from engine.annotation import parse_annotation
-    from engine.demo_data import load_expected
-    from engine.schema import clip_id_for
-    from engine.sed import SED_SCHEMA, sed_record
+    from engine.core.schema import clip_id_for
+    from engine.core.sed import SED_SCHEMA, sed_record
+    from engine.devkit.demo_data import load_expected
+    from engine.models.annotation import parse_annotation
 
     rows = []
     for clip in load_expected(clips):
@@ -144,7 +144,7 @@ def write_asr(args: argparse.Namespace, config: EngineConfig) -> int:
 
 
 def write_neardup(args: argparse.Namespace, config: EngineConfig) -> int:
-    from engine.neardup_benchmark import fingerprint_cost, step_cost
+    from engine.devkit.neardup_benchmark import fingerprint_cost, step_cost
 
     stage = fingerprint_cost(sorted(args.clips.glob("*.mp4")), config, max(args.repeats, 3))
     scales = [int(n) for n in args.scales.split(",")]

@@ -19,7 +19,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.launch import run_config_job  # noqa: E402
+from engine.ops.launch import run_config_job  # noqa: E402
 from train.preferences.build import run  # noqa: E402
 from train.preferences.config import PreferenceConfig  # noqa: E402
 

@@ -22,8 +22,8 @@ if __package__ in (None, ""):  # `python jobs/build_saber.py` puts jobs/ on sys.
 
 import ray  # noqa: E402
 
-from engine.build import run_build  # noqa: E402
-from engine.config import ConfigError, EngineConfig, load_config  # noqa: E402
+from engine.core.config import ConfigError, EngineConfig, load_config  # noqa: E402
+from engine.dataset.build import run_build  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

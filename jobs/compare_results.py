@@ -14,7 +14,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine import storage  # noqa: E402
+from engine.core import storage  # noqa: E402
 from train.evaluation.report import compare, comparison_markdown, write_comparison  # noqa: E402
 
 

@@ -26,7 +26,7 @@ if __package__ in (None, ""):  # `python jobs/evaluate.py` puts jobs/ on sys.pat
 
 import ray  # noqa: E402
 
-from engine.config import ConfigError, dump_config, load_config  # noqa: E402
+from engine.core.config import ConfigError, dump_config, load_config  # noqa: E402
 from train.evaluation.benchmarks import get_benchmark  # noqa: E402
 from train.evaluation.manifests import ManifestError, load_items  # noqa: E402
 from train.evaluation.runner import EvalConfig, run  # noqa: E402

@@ -4,7 +4,7 @@
     python jobs/export.py --preferences s3://bucket/prefs/r1 --output exports/ \\
         --media-map s3://bucket/raw/=/mnt/raw/
 Writes `OUTPUT/ms_swift/*.jsonl` and `OUTPUT/llama_factory/*.jsonl` + `dataset_info.json` (layouts and the audio
-convention: engine/exports.py): `saber_train` (sed/) and `saber_test` (saber_test/) from --engine-output,
+convention: engine/dataset/exports.py): `saber_train` (sed/) and `saber_test` (saber_test/) from --engine-output,
 `saber_preferences` (ranking: chosen/rejected) from --preferences. Empty datasets are neither written nor listed.
 
 The build writes the SED exports itself (OUT/exports/) with the media URIs as found; this command is for the
@@ -25,11 +25,12 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine import exports, storage  # noqa: E402
-from engine.exports_media import localise, parse_mapping  # noqa: E402
-from engine.holdout import TEST_SCHEMA  # noqa: E402
-from engine.sed import SED_SCHEMA  # noqa: E402
-from engine.writer import read_parts  # noqa: E402
+from engine.core import storage  # noqa: E402
+from engine.core.sed import SED_SCHEMA  # noqa: E402
+from engine.dataset import exports  # noqa: E402
+from engine.dataset.exports_media import localise, parse_mapping  # noqa: E402
+from engine.dataset.holdout import TEST_SCHEMA  # noqa: E402
+from engine.dataset.writer import read_parts  # noqa: E402
 from train.preferences.schema import read_preferences  # noqa: E402
 
 PREFERENCES = "saber_preferences"

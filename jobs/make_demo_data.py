@@ -20,7 +20,7 @@ try:
 except ImportError:  # run as a plain script from a checkout: the repo root is not on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.demo_data import generate_demo_set  # noqa: E402
+from engine.devkit.demo_data import generate_demo_set  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

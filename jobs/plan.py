@@ -4,7 +4,7 @@
     python jobs/plan.py --clips 600000 --benchmark outputs/benchmarks/engine.json --json outputs/plan.json
     python jobs/plan.py --clips 600000 annotate.requests_per_s=25 nodes.gpu.usd_per_hour=21.96 train.enabled=false
 
-Defaults are the measured and assumed per-clip costs in engine/capacity.py, each with its source; override any
+Defaults are the measured and assumed per-clip costs in engine/ops/capacity.py, each with its source; override any
 of them as dotted key=value (or from a YAML file with --config) once a pilot run has measured the real numbers.
 `--benchmark` takes the media chain's clips/s from a `python jobs/benchmark.py engine` result.
 """
@@ -19,8 +19,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python jobs/plan.py` puts jobs/ on sys.path, not the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.capacity import PlanConfig, format_plan, media_overrides_from_benchmark, plan  # noqa: E402
-from engine.config_base import ConfigError, load_config  # noqa: E402
+from engine.core.config_base import ConfigError, load_config  # noqa: E402
+from engine.ops.capacity import PlanConfig, format_plan, media_overrides_from_benchmark, plan  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -1,7 +1,7 @@
 """Prepare the source corpora: read each corpus's own layout and write the manifest build_saber reads.
 
 One --corpus/--root pair per corpus (a built-in name, or the path of a spec .yaml for a corpus of your own; see
-engine/corpora/specs/README.md). All of them go into one manifest, with a report beside it
+engine/dataset/corpora/specs/README.md). All of them go into one manifest, with a report beside it
 (<output stem>.report.json) that counts rows, skipped files (audio-only, video-only, unlabeled) and lists every
 malformed entry (unknown emotion code, a label row without media, media without a label row, ...).
 
@@ -30,9 +30,9 @@ try:
 except ImportError:  # run as a plain script from a checkout: the repo root is not on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.config_base import ConfigError  # noqa: E402
-from engine.corpora import CorpusError, builtin_specs, load_spec, prepare_manifest, report_uri  # noqa: E402
-from engine.corpora.spec import CorpusSpec  # noqa: E402
+from engine.core.config_base import ConfigError  # noqa: E402
+from engine.dataset.corpora import CorpusError, builtin_specs, load_spec, prepare_manifest, report_uri  # noqa: E402
+from engine.dataset.corpora.spec import CorpusSpec  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -24,10 +24,10 @@ if __package__ in (None, ""):
 
 import ray  # noqa: E402
 
-from engine.config import ConfigError, load_config  # noqa: E402
-from train.ca_dpo import RoundsConfig, run_rounds  # noqa: E402
-from train.dpo_config import DpoConfig  # noqa: E402
+from engine.core.config import ConfigError, load_config  # noqa: E402
 from train.preferences.config import PreferenceConfig  # noqa: E402
+from train.recipes.ca_dpo import RoundsConfig, run_rounds  # noqa: E402
+from train.recipes.dpo_config import DpoConfig  # noqa: E402
 
 PREFIXES = ("prefs.", "dpo.", "rounds.")
 

@@ -21,9 +21,9 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.launch import run_config_job  # noqa: E402
-from train.dpo_config import DpoConfig  # noqa: E402
+from engine.ops.launch import run_config_job  # noqa: E402
 from train.recipes.dpo import run  # noqa: E402
+from train.recipes.dpo_config import DpoConfig  # noqa: E402
 
 CONFIG_HELP = "YAML config (jobs/configs/dpo_demo.yaml, dpo_production.yaml, avem_production.yaml)"
 

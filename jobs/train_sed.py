@@ -17,8 +17,8 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.launch import run_config_job  # noqa: E402
-from train.config import SftConfig  # noqa: E402
+from engine.ops.launch import run_config_job  # noqa: E402
+from train.core.config import SftConfig  # noqa: E402
 from train.recipes.sft import run  # noqa: E402
 
 CONFIG_HELP = "YAML config (jobs/configs/sft_demo.yaml, sft_production.yaml)"

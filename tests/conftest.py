@@ -15,8 +15,8 @@ import pytest
 import ray
 import torch
 
-from engine import storage
-from engine.demo_data import PlantedClip, generate_demo_set
+from engine.core import storage
+from engine.devkit.demo_data import PlantedClip, generate_demo_set
 
 REPO = Path(__file__).resolve().parents[1]
 # Cached across test sessions (like the demo set): generation is deterministic for its parameters.

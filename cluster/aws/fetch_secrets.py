@@ -7,7 +7,7 @@ anywhere in the config or the image):
 `token`: the secret string is the Ray auth token, written as is. `keys`: the secret string is a JSON object of
 key names and keys ({"GEMINI_API_KEY": ..., "OPENAI_API_KEY": ...}), written as one file per name holding only
 the key, in a folder of mode 0700 (files 0600). The HTTP backend reads its key from there
-($SABER_API_KEY_DIR/<api_key_env>, engine/backends/http.py) when its actor starts: the keys are never put in
+($SABER_API_KEY_DIR/<api_key_env>, engine/models/backends/http.py) when its actor starts: the keys are never put in
 `ray start`'s environment, which every worker and job on the node would inherit.
 """
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from engine.annotation import flatten_annotation
-from engine.backends.base import ChatBackend, ChatRequest
-from engine.backends.media_parts import audio_part, frame_parts, media_key
-from engine.prompts import ANNOTATE, annotate_prompt
+from engine.models.annotation import flatten_annotation
+from engine.models.backends.base import ChatBackend, ChatRequest
+from engine.models.backends.media_parts import audio_part, frame_parts, media_key
+from engine.models.prompts import ANNOTATE, annotate_prompt
+from engine.models.verdicts import ANNOTATION_SCHEMA, parse_json_object
 from engine.stages.base import Row
 from engine.stages.model_stage import BatchedModelStage
-from engine.verdicts import ANNOTATION_SCHEMA, parse_json_object
 
 
 class AnnotateStage(BatchedModelStage):

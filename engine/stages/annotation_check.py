@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from engine import storage
-from engine.annotation import AnnotationError, parse_annotation
-from engine.media import MediaError
+from engine.core import storage
+from engine.core.media import MediaError
+from engine.models.annotation import AnnotationError, parse_annotation
 from engine.stages.base import Row, RowStage
 
 

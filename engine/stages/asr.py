@@ -5,14 +5,14 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 
-from engine import monitoring
-from engine.backends.whisper import Transcript, detect_language, load_whisper, transcribe_batch
-from engine.config import AsrConfig
-from engine.media import MediaError
-from engine.schema import is_alive
+from engine.core.config import AsrConfig
+from engine.core.media import MediaError
+from engine.core.schema import is_alive
+from engine.core.text import error_rate, normalise
+from engine.models.backends.whisper import Transcript, detect_language, load_whisper, transcribe_batch
+from engine.ops import monitoring
 from engine.stages.base import Row, RowStage, StageInputError
 from engine.stages.decode import audio_from_row
-from engine.text import error_rate, normalise
 
 log = logging.getLogger(__name__)
 

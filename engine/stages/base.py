@@ -1,7 +1,7 @@
 """What every stage shares: declared columns, per-row isolation of failures, pass-through of rejects.
 
 A stage is a small class: its config in `__init__` (models load there, once per actor), and
-`__call__(rows) -> rows` over a batch of row dicts. Stages never import ray; engine/pipeline.py turns
+`__call__(rows) -> rows` over a batch of row dicts. Stages never import ray; engine/dataset/pipeline.py turns
 them into Ray Data operators.
 """
 
@@ -11,10 +11,10 @@ import logging
 import time
 from typing import Any, ClassVar
 
-from engine import monitoring
-from engine.failures import exception_failure
-from engine.media import MediaError
-from engine.schema import is_alive, reject
+from engine.core.failures import exception_failure
+from engine.core.media import MediaError
+from engine.core.schema import is_alive, reject
+from engine.ops import monitoring
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class RowStage:
     MediaError carries the recorded reason: a final verdict about the clip. Any other exception from one clip
     is recorded too (logged with its traceback) rather than raised: one clip must not take down an actor pool
     and, through retries, the whole job. Such an exception is no verdict about the clip (storage, memory, a
-    bug), so it is recorded as retryable (engine.failures): the clip is not finished and the next run tries it.
+    bug), so it is recorded as retryable (engine.core.failures): the clip is not finished and the next run tries it.
     """
 
     name: ClassVar[str]

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from engine.backends.embeddings import SentenceEmbedder
-from engine.config import ConsistencyConfig
-from engine.media import MediaError
-from engine.schema import is_alive
+from engine.core.config import ConsistencyConfig
+from engine.core.media import MediaError
+from engine.core.schema import is_alive
+from engine.models.backends.embeddings import SentenceEmbedder
 from engine.stages.base import Row, RowStage
 
 

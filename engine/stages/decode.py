@@ -6,9 +6,9 @@ from dataclasses import fields
 
 import numpy as np
 
-from engine.config import MediaConfig
-from engine.media import EncodedClip, MediaError, NativeCalls, ProbeResult, open_source
-from engine.schema import AUDIO_SAMPLE_RATE
+from engine.core.config import MediaConfig
+from engine.core.media import EncodedClip, MediaError, NativeCalls, ProbeResult, open_source
+from engine.core.schema import AUDIO_SAMPLE_RATE
 from engine.stages.base import Row, RowStage
 
 _PROBED = tuple(field.name for field in fields(ProbeResult))
@@ -16,7 +16,7 @@ _PROBED = tuple(field.name for field in fields(ProbeResult))
 
 class DecodeStage(RowStage):
     """Decodes (`media.decoder`: decord for the frames, PyAV where decord fails, PyAV for the audio) in the media
-    child process, where a crash or a hang rejects this clip only (see engine.isolation), and checks the decoded
+    child process, where a crash or a hang rejects this clip only (see engine.core.isolation), and checks the decoded
     lengths against what the container declares (truncation).
 
     Each track is held to its own declared length, and the two together to the container's: a clip whose audio
@@ -37,7 +37,7 @@ class DecodeStage(RowStage):
         source = row.pop("_media", None) or open_source(row["source_uri"])
         probed = ProbeResult(**{name: row[name] for name in _PROBED})
         cfg = self.config
-        clip = self.native.run(row["source_uri"], "engine.media.decode_encoded", cfg.decoder, source, probed,
+        clip = self.native.run(row["source_uri"], "engine.core.media.decode_encoded", cfg.decoder, source, probed,
                                fps=cfg.fps, max_frames=cfg.max_frames, max_side=cfg.max_frame_side,
                                sample_rate=AUDIO_SAMPLE_RATE, jpeg_quality=cfg.jpeg_quality)
         audio_end = clip.audio_offset_s + clip.audio_duration_s

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from engine.backends.base import ChatBackend, ChatRequest
-from engine.backends.media_parts import frame_parts, media_key
-from engine.prompts import DESCRIBE
+from engine.models.backends.base import ChatBackend, ChatRequest
+from engine.models.backends.media_parts import frame_parts, media_key
+from engine.models.prompts import DESCRIBE
+from engine.models.verdicts import VerdictError
 from engine.stages.base import Row
 from engine.stages.model_stage import BatchedModelStage
-from engine.verdicts import VerdictError
 
 
 class DescribeStage(BatchedModelStage):

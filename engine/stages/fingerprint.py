@@ -1,8 +1,9 @@
-"""Near-duplicate fingerprints, computed where the media is already decoded (engine.neardup compares them later)."""
+"""Near-duplicate fingerprints, computed where the media is already decoded (engine.dataset.neardup compares them
+later)."""
 
 from __future__ import annotations
 
-from engine.neardup import audio_fingerprint, frame_hashes
+from engine.dataset.neardup import audio_fingerprint, frame_hashes
 from engine.stages.base import Row, RowStage
 from engine.stages.noise import covered_audio
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from engine.backends.base import ChatBackend, ChatRequest
-from engine.media import MediaError
-from engine.prompts import CONSISTENCY_JUDGE, fence
+from engine.core.media import MediaError
+from engine.models.backends.base import ChatBackend, ChatRequest
+from engine.models.prompts import CONSISTENCY_JUDGE, fence
+from engine.models.verdicts import CONSISTENCY_SCHEMA, parse_consistency
 from engine.stages.base import Row
 from engine.stages.consistency import annotation_visual_text
 from engine.stages.model_stage import BatchedModelStage
-from engine.verdicts import CONSISTENCY_SCHEMA, parse_consistency
 
 
 class ConsistencyJudgeStage(BatchedModelStage):

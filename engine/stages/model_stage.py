@@ -2,7 +2,7 @@
 
 Answers that fail to parse are asked once more (all of them in a second batched call) with the parse error;
 what still fails is a final rejection. A backend failure (rate limit exhausted, timeout, server down, out of
-memory) is a retryable one (engine.failures): the clip is done again by the next run, and what was answered
+memory) is a retryable one (engine.core.failures): the clip is done again by the next run, and what was answered
 before comes from the response cache. A batch call that raises (a local model running out of memory, a crashed
 client) is split in halves and retried, down to single requests, so one bad request costs only its own clip.
 """
@@ -13,15 +13,15 @@ import json
 import logging
 from typing import ClassVar
 
-from engine import monitoring
-from engine.annotation import AnnotationError
-from engine.backends.base import ChatBackend, ChatRequest, ChatResult
-from engine.failures import backend_failure, exception_failure
-from engine.media import MediaError
-from engine.prompts import REPAIR, Prompt
-from engine.schema import is_alive, reject
+from engine.core.failures import backend_failure, exception_failure
+from engine.core.media import MediaError
+from engine.core.schema import is_alive, reject
+from engine.models.annotation import AnnotationError
+from engine.models.backends.base import ChatBackend, ChatRequest, ChatResult
+from engine.models.prompts import REPAIR, Prompt
+from engine.models.verdicts import VerdictError
+from engine.ops import monitoring
 from engine.stages.base import Row, RowStage, StageInputError
-from engine.verdicts import VerdictError
 
 log = logging.getLogger(__name__)
 

@@ -1,13 +1,13 @@
-"""Background-noise filter on the decoded audio: speech SNR with voice-activity detection (engine.snr)."""
+"""Background-noise filter on the decoded audio: speech SNR with voice-activity detection (engine.core.snr)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from engine.config import NoiseConfig
-from engine.media import MediaError
-from engine.schema import AUDIO_SAMPLE_RATE
-from engine.snr import estimate_snr
+from engine.core.config import NoiseConfig
+from engine.core.media import MediaError
+from engine.core.schema import AUDIO_SAMPLE_RATE
+from engine.core.snr import estimate_snr
 from engine.stages.base import Row, RowStage
 from engine.stages.decode import audio_from_row
 

@@ -3,8 +3,8 @@ resolution."""
 
 from __future__ import annotations
 
-from engine.config import MediaConfig
-from engine.media import MediaError, NativeCalls, ProbeResult, check_size, open_source
+from engine.core.config import MediaConfig
+from engine.core.media import MediaError, NativeCalls, ProbeResult, check_size, open_source
 from engine.stages.base import Row, RowStage
 
 
@@ -13,7 +13,7 @@ class ProbeStage(RowStage):
     technical filter removes. Width and height are as displayed, so portrait phone video is judged upright.
 
     The size limit is checked before the clip is fetched; PyAV then reads the container in the media child
-    process (see engine.isolation), where a crash or a hang rejects this clip only. The fetched media is
+    process (see engine.core.isolation), where a crash or a hang rejects this clip only. The fetched media is
     left on the row under `_media` so the decode stage, chained in the same task, does not fetch it again.
     """
 
@@ -32,7 +32,7 @@ class ProbeStage(RowStage):
             source = open_source(row["source_uri"])
         except FileNotFoundError as err:
             raise MediaError("source_missing", str(err)) from None
-        result = self.native.run(row["source_uri"], "engine.media.probe", source)
+        result = self.native.run(row["source_uri"], "engine.core.media.probe", source)
         row.update(result.__dict__)
         row["_media"] = source
         self._check(result)

@@ -6,12 +6,12 @@ kept clips; a failed verdict only keeps a clip out of the test candidates, it ne
 
 from __future__ import annotations
 
-from engine.backends.base import ChatBackend, ChatRequest
-from engine.prompts import AV_RELATION_JUDGE, fence
-from engine.schema import ANNOTATION_FIELDS
+from engine.core.schema import ANNOTATION_FIELDS
+from engine.models.backends.base import ChatBackend, ChatRequest
+from engine.models.prompts import AV_RELATION_JUDGE, fence
+from engine.models.verdicts import RELATION_SCHEMA, parse_relation
 from engine.stages.base import Row
 from engine.stages.model_stage import BatchedModelStage
-from engine.verdicts import RELATION_SCHEMA, parse_relation
 
 # Headings the judge sees for each annotation field (the flattened column names mean little to a model).
 _HEADINGS = {"video_desc": "Scene", "speech_content": "Speech content", "acoustic_feat": "Acoustic features",

@@ -27,10 +27,10 @@ import pytest
 import ray
 import yaml
 
-from engine.backends.http import KEY_DIR_ENV
-from engine.config import EngineConfig, load_config
-from engine.pipeline import model_pools, uses_vllm_batch, vllm_gpus_per_engine
-from train.config import SftConfig
+from engine.core.config import EngineConfig, load_config
+from engine.dataset.pipeline import model_pools, uses_vllm_batch, vllm_gpus_per_engine
+from engine.models.backends.http import KEY_DIR_ENV
+from train.core.config import SftConfig
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER = REPO / "cluster"
@@ -99,7 +99,7 @@ def _on_cuda(config: EngineConfig, stage: str) -> bool | None:
     if stage == "asr":
         device = config.asr.device
     elif stage == "consistency" and config.consistency.method == "embedding":
-        return False  # MiniLM on CPU (engine/backends/embeddings.py)
+        return False  # MiniLM on CPU (engine/models/backends/embeddings.py)
     else:
         backend = (config.consistency.judge if stage == "consistency" else getattr(config, stage)).backend
         if backend.kind != "local":
@@ -138,7 +138,7 @@ def trainer_demands(config: SftConfig) -> list[Demand]:
     dist = config.distributed
     return [Demand("train workers", "distributed.num_workers/cpus_per_worker/use_gpu", dist.cpus_per_worker,
                    1.0 if dist.use_gpu else 0.0, dist.num_workers, dist.use_gpu),
-            # SedPreprocessor actors (train/sed_data.py): ActorPoolStrategy default of 1 CPU each.
+            # SedPreprocessor actors (train/data/sed_data.py): ActorPoolStrategy default of 1 CPU each.
             Demand("train preprocessing", "data.preprocess_concurrency", 1.0, 0.0, config.data.preprocess_concurrency,
                    False)]
 

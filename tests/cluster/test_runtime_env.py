@@ -94,7 +94,7 @@ def test_the_repository_as_it_stands_uploads_small(tmp_path, capsys):
     with capsys.disabled():
         print(f"\nruntime_env working_dir package: {size / 1e6:.2f} MB, {len(names)} entries")
     assert forbidden(names) == set()
-    assert {"jobs/build_saber.py", "engine/pipeline.py", "jobs/configs/production.yaml"} <= names
+    assert {"jobs/build_saber.py", "engine/dataset/pipeline.py", "jobs/configs/production.yaml"} <= names
     assert size < MAX_PACKAGE_BYTES, f"{size} bytes: something large is no longer ignored"
 
 

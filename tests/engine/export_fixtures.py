@@ -7,8 +7,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.holdout import TEST_SCHEMA
-from engine.sed import SED_SCHEMA
+from engine.core.sed import SED_SCHEMA
+from engine.dataset.holdout import TEST_SCHEMA
 from train.preferences.schema import PREFERENCE_SCHEMA
 
 SYSTEM = "You are an emotion analyst."

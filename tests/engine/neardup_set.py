@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.demo_media import EXPRESSIONS, synthesize_speech, write_clip
+from engine.devkit.demo_media import EXPRESSIONS, synthesize_speech, write_clip
 
 VERSION = 2
 REPO = Path(__file__).resolve().parents[2]

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from engine.annotation import AnnotationError, parse_annotation, to_official
+from engine.models.annotation import AnnotationError, parse_annotation, to_official
 
 OFFICIAL = {
     "video_desc": "A woman in a kitchen.",

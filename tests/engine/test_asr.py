@@ -6,15 +6,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.backends.whisper import Transcript, _lay_end_to_end, resolve_model, transcribe, transcribe_batch
-from engine.config import AsrConfig, MediaConfig
-from engine.demo_media import synthesize_speech
-from engine.schema import new_row
+from engine.core.config import AsrConfig, MediaConfig
+from engine.core.schema import new_row
+from engine.core.text import error_rate
+from engine.devkit.demo_media import synthesize_speech
+from engine.models.backends.whisper import Transcript, _lay_end_to_end, resolve_model, transcribe, transcribe_batch
 from engine.stages.annotation_check import AnnotationCheckStage
 from engine.stages.asr import AsrWerFilterStage
 from engine.stages.decode import DecodeStage, audio_from_row
 from engine.stages.probe import ProbeStage
-from engine.text import error_rate
 
 TRANSCRIPTS = Path(__file__).resolve().parents[1] / "data" / "asr_transcripts.jsonl"
 

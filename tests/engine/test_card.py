@@ -7,9 +7,9 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from engine import card, holdout
-from engine.report import build_report
-from engine.schema import CLIP_SCHEMA, new_row, reject
+from engine.core.schema import CLIP_SCHEMA, new_row, reject
+from engine.dataset import card, holdout
+from engine.dataset.report import build_report
 from tests.engine.test_holdout import FIELDS, JUDGED, _verdicts
 
 # name, corpus, language, recording, status (or a reject stage/reason), duration

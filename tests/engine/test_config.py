@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from engine.config import ConfigError, EngineConfig, dump_config, load_config, parse_overrides
+from engine.core.config import ConfigError, EngineConfig, dump_config, load_config, parse_overrides
 
 
 def test_overrides_are_nested_and_typed():
@@ -55,7 +55,7 @@ def test_shipped_configs_validate():
 
 
 def test_production_names_the_papers_models_with_gpu_per_describe_actor():
-    from engine.pipeline import funnel_stages, minimum_resources
+    from engine.dataset.pipeline import funnel_stages, minimum_resources
 
     config = load_config(EngineConfig, "jobs/configs/production.yaml", ["input=s3://b/in", "output=s3://b/out"])
     vllm = config.describe.backend.vllm
@@ -74,7 +74,7 @@ def test_production_names_the_papers_models_with_gpu_per_describe_actor():
 
 
 def test_open_weights_production_runs_the_omni_annotator_on_one_gpu_per_actor():
-    from engine.pipeline import minimum_resources
+    from engine.dataset.pipeline import minimum_resources
 
     config = load_config(EngineConfig, "jobs/configs/production_open.yaml", ["input=s3://b/in", "output=s3://b/o"])
     local = config.annotate.backend.local

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from sklearn.metrics import precision_score, recall_score
 
-from engine.backends.embeddings import SentenceEmbedder, resolve_embedding_model
-from engine.config import ConsistencyConfig
-from engine.schema import new_row
+from engine.core.config import ConsistencyConfig
+from engine.core.schema import new_row
+from engine.models.backends.embeddings import SentenceEmbedder, resolve_embedding_model
 from engine.stages.consistency import EmbeddingConsistencyStage
 
 PAIRS = [json.loads(line) for line in (Path(__file__).parents[1] / "data" / "consistency_pairs.jsonl").open()]

@@ -1,4 +1,4 @@
-"""Constrained decoding (engine.constrained + the local backend) on a tiny random causal LM: every verdict schema
+"""Constrained decoding (engine.models.constrained + the local backend) on a tiny random causal LM: every verdict schema
 yields answers the strict parsers accept, where unconstrained the same model writes noise."""
 
 from __future__ import annotations
@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from engine.annotation import flatten_annotation
-from engine.backends.base import ChatRequest, ResponseSchema, request_key
-from engine.backends.local import LocalBackendConfig, TransformersChatBackend
-from engine.constrained import cap_strings
-from engine.prompts import AV_RELATION_JUDGE, fence
-from engine.stages.relation import RelationJudgeStage
-from engine.verdicts import (
+from engine.models.annotation import flatten_annotation
+from engine.models.backends.base import ChatRequest, ResponseSchema, request_key
+from engine.models.backends.local import LocalBackendConfig, TransformersChatBackend
+from engine.models.constrained import cap_strings
+from engine.models.prompts import AV_RELATION_JUDGE, fence
+from engine.models.verdicts import (
     ANNOTATION_SCHEMA,
     CONSISTENCY_SCHEMA,
     RELATION_SCHEMA,
@@ -24,6 +23,7 @@ from engine.verdicts import (
     parse_relation,
     scores_schema,
 )
+from engine.stages.relation import RelationJudgeStage
 from train.preferences.judge import PREFERENCE_SCHEMA, parse_judge_score
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -7,9 +7,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from engine.backends.base import ChatRequest, request_key
-from engine.backends.http import HttpBackendConfig, HttpChatBackend
-from engine.verdicts import RELATION_SCHEMA
+from engine.models.backends.base import ChatRequest, request_key
+from engine.models.backends.http import HttpBackendConfig, HttpChatBackend
+from engine.models.verdicts import RELATION_SCHEMA
 from tests.engine.fake_openai import FakeOpenAI
 from tests.engine.test_http_backend import _PROXY_VARS
 

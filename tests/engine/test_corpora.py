@@ -9,8 +9,8 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from engine.config_base import ConfigError
-from engine.corpora import (
+from engine.core.config_base import ConfigError
+from engine.dataset.corpora import (
     EMOTION_TABLE,
     UNIFIED_EMOTIONS,
     CorpusError,
@@ -20,8 +20,8 @@ from engine.corpora import (
     prepare_manifest,
     unified_emotion,
 )
-from engine.corpora.adapter import glob_regex, render, typed
-from engine.corpora.emotions import UnknownEmotionWord
+from engine.dataset.corpora.adapter import glob_regex, render, typed
+from engine.dataset.corpora.emotions import UnknownEmotionWord
 
 
 def _tree(root, files):

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import demo_data, demo_media
-from engine.demo_data import (
+from engine.devkit import demo_data, demo_media
+from engine.devkit.demo_data import (
     SENTENCES,
     PlantedClip,
     generate_demo_set,

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from engine import exports, storage
-from engine.exports_media import localise, map_prefix, parse_mapping
+from engine.core import storage
+from engine.dataset import exports
+from engine.dataset.exports_media import localise, map_prefix, parse_mapping
 from tests.engine.export_fixtures import media_files, pair_row, sed_row, write_tables
 from tests.jobs.helpers import REPO, job_env
 

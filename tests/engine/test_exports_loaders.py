@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import exports
+from engine.dataset import exports
 from tests.engine.export_fixtures import media_files, pair_row, sed_row
 
 HERE = Path(__file__).resolve().parent

@@ -12,14 +12,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from engine.backends.base import ChatRequest, ChatResult
-from engine.failures import backend_failure, exception_failure
-from engine.prompts import Prompt
-from engine.report import build_report
-from engine.schema import CLIP_SCHEMA, new_row, reject
+from engine.core.failures import backend_failure, exception_failure
+from engine.core.schema import CLIP_SCHEMA, new_row, reject
+from engine.dataset.report import build_report
+from engine.dataset.writer import ClipTableWriter, read_clip_table
+from engine.models.backends.base import ChatRequest, ChatResult
+from engine.models.prompts import Prompt
 from engine.stages.base import RowStage
 from engine.stages.model_stage import BatchedModelStage
-from engine.writer import ClipTableWriter, read_clip_table
 
 
 # ---------------------------------------------------------------- classification
@@ -163,7 +163,7 @@ def test_a_batch_that_raises_is_split_and_only_the_failing_request_fails():
 def test_local_backend_halves_a_chunk_that_runs_out_of_memory(monkeypatch):
     """TransformersChatBackend._run: OOM on a chunk of 4 -> two chunks of 2, all answered; a prompt that does
     not fit even alone is an out_of_memory result, not an exception."""
-    from engine.backends import local
+    from engine.models.backends import local
 
     backend = object.__new__(local.TransformersChatBackend)  # no model: _encode/_generate are scripted below
     backend._max_len, backend._stop_ids = 10_000, set()

@@ -6,11 +6,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from engine import holdout
-from engine.backends.base import ChatResult
-from engine.prompts import FENCE_OPEN
-from engine.schema import CLIP_SCHEMA, new_row
-from engine.sed import parse_sed_response
+from engine.core.schema import CLIP_SCHEMA, new_row
+from engine.core.sed import parse_sed_response
+from engine.dataset import holdout
+from engine.models.backends.base import ChatResult
+from engine.models.prompts import FENCE_OPEN
 
 FIELDS = {"video_desc": "A room.", "speech_content": "Fine.", "acoustic_feat": "Flat.", "facial_exp_desc": "Smile.",
           "body_lang_desc": "Still.", "sentiment_analysis": "Calm."}

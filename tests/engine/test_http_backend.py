@@ -12,10 +12,10 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from engine.backends.base import ChatRequest, request_key
-from engine.backends.http import HttpBackendConfig, HttpChatBackend
-from engine.backends.response_cache import ResponseCache
-from engine.config import ConfigError, load_config
+from engine.core.config import ConfigError, load_config
+from engine.models.backends.base import ChatRequest, request_key
+from engine.models.backends.http import HttpBackendConfig, HttpChatBackend
+from engine.models.backends.response_cache import ResponseCache
 from tests.engine.fake_openai import FakeOpenAI
 
 _PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")

@@ -14,9 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.backends.base import ChatRequest
-from engine.backends.local import LocalBackendConfig, PerRequestError, TransformersChatBackend
-from engine.backends.media_parts import (
+from engine.devkit.tiny_vl import build_tiny_causal_lm
+from engine.models.backends.base import ChatRequest
+from engine.models.backends.local import LocalBackendConfig, PerRequestError, TransformersChatBackend
+from engine.models.backends.media_parts import (
     MediaPartError,
     audio_part,
     decode_audio,
@@ -24,7 +25,6 @@ from engine.backends.media_parts import (
     frame_parts,
     media_key,
 )
-from engine.tiny_vl import build_tiny_causal_lm
 
 SR = 16_000
 

@@ -24,11 +24,11 @@ import decord
 import numpy as np
 import pytest
 
-from engine.config import MediaConfig
-from engine.demo_containers import AudioInput, rotate_video_track, write_pattern_clip, write_wav_channels
-from engine.demo_media import resample, room_tone, synthesize_speech
-from engine.media import decode_jpeg, sample_times, scaled_size
-from engine.schema import new_row
+from engine.core.config import MediaConfig
+from engine.core.media import decode_jpeg, sample_times, scaled_size
+from engine.core.schema import new_row
+from engine.devkit.demo_containers import AudioInput, rotate_video_track, write_pattern_clip, write_wav_channels
+from engine.devkit.demo_media import resample, room_tone, synthesize_speech
 from engine.stages.decode import DecodeStage, audio_from_row
 from engine.stages.probe import ProbeStage
 from tests.conftest import CACHE

@@ -1,7 +1,7 @@
 """Native media code in a child process: a real SIGSEGV, abort or hang costs one clip; results equal in-process.
 
 `faulty_decode` is the decoder the tests (and the SIGKILL build in tests/jobs/test_build_saber.py) name in
-`media.decoder`: it crashes or hangs for marked file names and is engine.media.decode otherwise.
+`media.decoder`: it crashes or hangs for marked file names and is engine.core.media.decode otherwise.
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ import fsspec
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
-from engine import isolation, media
-from engine.media import CHILD_PRELOAD, MediaError, NativeCalls
+from engine.core import isolation, media
+from engine.core.media import CHILD_PRELOAD, MediaError, NativeCalls
 
 FAULTS = {"crash_me": "segv", "abort_me": "abort", "hang_me": "hang"}
 
 
 def faulty_decode(source, probed, **kwargs):
-    """engine.media.decode, except for a file whose name holds a FAULTS mark: each call is logged to
+    """engine.core.media.decode, except for a file whose name holds a FAULTS mark: each call is logged to
     `<file>.calls` (the child dies, so it cannot count in memory), then it faults for real."""
     name = Path(source).name if isinstance(source, str) else ""
     fault = next((kind for mark, kind in FAULTS.items() if mark in name), None)
@@ -51,7 +51,7 @@ def test_errors_come_back_as_themselves_with_the_childs_traceback():
     try:
         assert child.call("os.getpid") == child.pid != os.getpid()
         with pytest.raises(MediaError) as info:
-            child.call("engine.media.probe", ("/nonexistent/clip.mp4",))
+            child.call("engine.core.media.probe", ("/nonexistent/clip.mp4",))
         assert info.value.reason == "unreadable_container" and "No such file" in info.value.detail
         with pytest.raises(ZeroDivisionError) as info:
             child.call("operator.truediv", (1, 0))
@@ -107,7 +107,7 @@ def test_a_child_that_died_while_idle_is_replaced_without_failing_a_call():
 
 def test_the_child_dies_with_its_parent_even_when_hung(tmp_path):
     """SIGKILL the parent while its child hangs: the child must not live on as an orphan."""
-    script = ("from engine.isolation import ChildProcess\nchild = ChildProcess()\n"
+    script = ("from engine.core.isolation import ChildProcess\nchild = ChildProcess()\n"
               "print(child.call('os.getpid'), flush=True)\nchild.call('time.sleep', (600,), timeout_s=600)\n")
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
                               cwd=Path(__file__).resolve().parents[2])
@@ -143,13 +143,13 @@ def _wait_gone(pid: int, timeout: float = 10) -> bool:
 
 # ---- through the stages -------------------------------------------------------------------------------------------
 def _media_config(**fields):
-    from engine.config import MediaConfig
+    from engine.core.config import MediaConfig
 
     return MediaConfig(**fields)
 
 
 def _through_stages(uris, config):
-    from engine.schema import new_row
+    from engine.core.schema import new_row
     from engine.stages.decode import DecodeStage
     from engine.stages.probe import ProbeStage
 
@@ -275,7 +275,7 @@ def test_a_local_clip_over_max_bytes_is_rejected_before_probing(small_set, monke
 
 # ---- config and plan -----------------------------------------------------------------------------------------------
 def test_decoder_must_name_an_importable_module():
-    from engine.config import ConfigError, EngineConfig, load_config
+    from engine.core.config import ConfigError, EngineConfig, load_config
 
     with pytest.raises(ConfigError) as info:
         load_config(EngineConfig, None, ["input=i", "output=o", "media.decoder=nowhere_at_all.decode"])
@@ -291,8 +291,8 @@ def test_the_plan_is_made_under_the_configured_errored_block_budget(monkeypatch)
     made, and the process-wide context left as it was."""
     import ray.data
 
-    from engine import pipeline
-    from engine.config import EngineConfig, load_config
+    from engine.core.config import EngineConfig, load_config
+    from engine.dataset import pipeline
 
     class Recording:
         def map_batches(self, *args, **kwargs):

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from engine.config import MediaConfig, NoiseConfig
-from engine.media import decode_jpeg, sample_times, scaled_size
-from engine.schema import new_row
+from engine.core.config import MediaConfig, NoiseConfig
+from engine.core.media import decode_jpeg, sample_times, scaled_size
+from engine.core.schema import new_row
 from engine.stages.annotation_check import AnnotationCheckStage
 from engine.stages.base import RowStage, StageInputError
 from engine.stages.decode import DecodeStage, audio_from_row
@@ -183,7 +183,7 @@ def test_a_track_holding_less_than_its_own_declared_length_is_a_duration_mismatc
 
 
 def test_audio_is_put_on_the_video_clock():
-    from engine.media import on_video_clock
+    from engine.core.media import on_video_clock
 
     audio = np.arange(1, 6, dtype=np.float32)
     assert on_video_clock(audio, 0.2, 10).tolist() == [0, 0, 1, 2, 3, 4, 5]  # starts 0.2 s late: 2 samples padded

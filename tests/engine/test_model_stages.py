@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.backends.base import ChatRequest, ChatResult
-from engine.prompts import CONSISTENCY_JUDGE, FENCE_CLOSE, FENCE_OPEN, fence
-from engine.schema import new_row
+from engine.core.schema import new_row
+from engine.models.backends.base import ChatRequest, ChatResult
+from engine.models.prompts import CONSISTENCY_JUDGE, FENCE_CLOSE, FENCE_OPEN, fence
+from engine.models.verdicts import VerdictError, parse_consistency, parse_json_object, parse_relation
 from engine.stages.annotate import AnnotateStage
 from engine.stages.describe import DescribeStage
 from engine.stages.judge import ConsistencyJudgeStage
-from engine.verdicts import VerdictError, parse_consistency, parse_json_object, parse_relation
 
 OFFICIAL = {"video_desc": "A man in a kitchen.", "audio_desc": {"speech_content": "Not again.",
             "acoustic_feat": "Low, slow."}, "facial_exp_desc": "Frown.", "body_lang_desc": "Arms crossed.",

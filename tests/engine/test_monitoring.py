@@ -22,9 +22,9 @@ import pyarrow as pa
 import pytest
 import ray
 
-from engine import monitoring
-from engine.backends.base import ChatResult, UsageLog
-from engine.schema import CLIP_SCHEMA, new_row, reject, rows_to_table
+from engine.core.schema import CLIP_SCHEMA, new_row, reject, rows_to_table
+from engine.models.backends.base import ChatResult, UsageLog
+from engine.ops import monitoring
 from tests.conftest import start_local_ray
 from tests.jobs.helpers import REPO
 
@@ -240,8 +240,8 @@ def test_driver_build_and_trainer_metrics_reach_prometheus(metrics_port):
 def test_the_real_build_reports_its_clips_by_stage_and_reason(metrics_port, small_set, tmp_path):
     from collections import Counter
 
-    from engine.build import run_build
-    from engine.config import EngineConfig, load_config
+    from engine.core.config import EngineConfig, load_config
+    from engine.dataset.build import run_build
 
     folder, clips = small_set
     config = load_config(EngineConfig, REPO / "jobs" / "configs" / "demo.yaml",

@@ -1,5 +1,5 @@
-"""Near-duplicates (engine.neardup, engine.stages.fingerprint): recall and false positives on generated copies, the
-index, the verdicts in clips/, and SABER-Test holding a duplicate group out like one recording."""
+"""Near-duplicates (engine.dataset.neardup, engine.stages.fingerprint): recall and false positives on generated copies,
+the index, the verdicts in clips/, and SABER-Test holding a duplicate group out like one recording."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from engine import holdout, neardup
-from engine.config import MediaConfig, NearDupConfig
-from engine.schema import AUDIO_SAMPLE_RATE, CLIP_SCHEMA, new_row
+from engine.core.config import MediaConfig, NearDupConfig
+from engine.core.schema import AUDIO_SAMPLE_RATE, CLIP_SCHEMA, new_row
+from engine.dataset import holdout, neardup
+from engine.dataset.writer import ClipTableWriter, read_clip_table
 from engine.stages.decode import DecodeStage
 from engine.stages.fingerprint import FingerprintStage
 from engine.stages.noise import covered_audio
 from engine.stages.probe import ProbeStage
-from engine.writer import ClipTableWriter, read_clip_table
 from tests.engine import neardup_set
 
 ANNOTATION = {"video_desc": "A face.", "speech_content": "Fine.", "acoustic_feat": "Flat.", "facial_exp_desc": "Smile.",
@@ -190,7 +190,7 @@ def test_splits_hold_a_duplicate_group_out_like_one_recording(top):
 
 
 def test_benchmark_fingerprints_have_the_size_of_real_ones():
-    from engine.neardup_benchmark import synthetic_clips
+    from engine.devkit.neardup_benchmark import synthetic_clips
 
     table = synthetic_clips(50, duration_s=4.0)
     # 4 s: int(4 * 32.3) - 20 = 109 items of 4 bytes; 8 frame hashes of 8 bytes.

@@ -1,4 +1,4 @@
-"""How engine.pipeline assembles stages into a plan: which stages and pools, in what order, with what resources.
+"""How engine.dataset.pipeline assembles stages into a plan: which stages and pools, in what order, with what resources.
 
 Nothing here starts Ray: the Ray Data calls are replaced by recorders, and ray.init refuses.
 """
@@ -12,9 +12,10 @@ import pytest
 import ray
 import ray.data
 
-from engine import pipeline
-from engine.config import EngineConfig, PoolConfig, load_config
-from engine.pipeline import (
+from engine.core.config import EngineConfig, PoolConfig, load_config
+from engine.core.schema import CLIP_SCHEMA, WORK_SCHEMA, new_row, rows_to_table
+from engine.dataset import pipeline
+from engine.dataset.pipeline import (
     StageChain,
     annotate_stage,
     build_plan,
@@ -29,8 +30,7 @@ from engine.pipeline import (
     uses_vllm_batch,
     vllm_gpus_per_engine,
 )
-from engine.schema import CLIP_SCHEMA, WORK_SCHEMA, new_row, rows_to_table
-from engine.sources import SOURCE_SCHEMA
+from engine.dataset.sources import SOURCE_SCHEMA
 from engine.stages.annotate import AnnotateStage
 from engine.stages.annotation_check import AnnotationCheckStage
 from engine.stages.asr import AsrWerFilterStage

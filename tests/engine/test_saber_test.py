@@ -1,5 +1,5 @@
-from engine.exports import llama_factory_dataset_info, to_llama_factory, to_ms_swift
-from engine.saber_test import SaberTestCandidate, group_stats, select_test, split_train
+from engine.dataset.exports import llama_factory_dataset_info, to_llama_factory, to_ms_swift
+from engine.dataset.saber_test import SaberTestCandidate, group_stats, select_test, split_train
 
 
 def _c(cid, video, relation, intensity):

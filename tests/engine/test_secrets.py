@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine.backends.base import ChatRequest
-from engine.backends.http import KEY_DIR_ENV, HttpBackendConfig, HttpChatBackend, load_api_key
-from engine.config import ConfigError, EngineConfig, dump_config, load_config
+from engine.core.config import ConfigError, EngineConfig, dump_config, load_config
+from engine.models.backends.base import ChatRequest
+from engine.models.backends.http import KEY_DIR_ENV, HttpBackendConfig, HttpChatBackend, load_api_key
 from tests.engine.fake_openai import FakeOpenAI
 
 REPO = Path(__file__).resolve().parents[2]
@@ -121,7 +121,7 @@ def test_a_world_readable_key_file_is_warned_about_without_its_content(clean_env
     path = tmp_path / "gemini.key"
     path.write_text(key)
     path.chmod(0o644)
-    caplog.set_level(logging.WARNING, logger="engine.backends.http")
+    caplog.set_level(logging.WARNING, logger="engine.models.backends.http")
     load_api_key(http_config("http://127.0.0.1:9/v1", api_key_file=str(path)))
     assert f"API key file {path} is readable by every user" in caplog.text and key not in caplog.text
 

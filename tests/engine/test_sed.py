@@ -1,6 +1,6 @@
 import pytest
 
-from engine.sed import (
+from engine.core.sed import (
     SedFormatError,
     SedSections,
     build_sed_target,

@@ -3,11 +3,9 @@
 import numpy as np
 import pytest
 
-from engine.config import NoiseConfig
-from engine.demo_data import SENTENCES, VOICES
-from engine.demo_media import synthesize_speech
-from engine.schema import new_row
-from engine.snr import (
+from engine.core.config import NoiseConfig
+from engine.core.schema import new_row
+from engine.core.snr import (
     FLOOR_BIAS_DB,
     SnrEstimate,
     estimate_snr,
@@ -16,6 +14,8 @@ from engine.snr import (
     spectral_noise_floor,
     window_powers,
 )
+from engine.devkit.demo_data import SENTENCES, VOICES
+from engine.devkit.demo_media import synthesize_speech
 from engine.stages.noise import NoiseFilterStage
 
 SR = 16000

@@ -4,8 +4,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from engine.schema import clip_id_for
-from engine.sources import SourceError, list_source
+from engine.core.schema import clip_id_for
+from engine.dataset.sources import SourceError, list_source
 
 
 def _touch(path, text="x"):
@@ -89,9 +89,9 @@ def test_source_video_from_manifest_column_pattern_or_the_clip_itself(tmp_path):
 def test_corpus_manifest_columns_travel_into_the_clip_table(tmp_path):
     """The corpus adapters' columns (speaker, emotion, corpus_split, corpus_extras) and a sidecar annotation named
     by the manifest reach the clip rows the pipeline builds."""
-    from engine.corpora import MANIFEST_SCHEMA
-    from engine.pipeline import source_to_rows
-    from engine.schema import CLIP_SCHEMA
+    from engine.core.schema import CLIP_SCHEMA
+    from engine.dataset.corpora import MANIFEST_SCHEMA
+    from engine.dataset.pipeline import source_to_rows
 
     pq.write_table(pa.Table.from_pylist([
         {"uri": "/meld/dia0_utt0.mp4", "dataset": "MELD", "lang": "en", "label": "joy", "emotion": "happiness",

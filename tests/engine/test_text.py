@@ -5,7 +5,7 @@ import jiwer
 import pytest
 import yaml
 
-from engine.text import error_rate, normalise, strip_sound_events, text_language
+from engine.core.text import error_rate, normalise, strip_sound_events, text_language
 
 REPO = Path(__file__).resolve().parents[2]
 TRANSCRIPTS = REPO / "tests" / "data" / "asr_transcripts.jsonl"

@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import Qwen2_5OmniProcessor, Qwen2_5OmniThinkerForConditionalGeneration
 
-from engine.tiny_models import CHAT_TEMPLATE, MARKER_FILE, NAMED_SPECIAL_TOKENS, SPECIAL_TOKENS, build_tiny_omni
-from train.sed_data import mask_labels, sed_messages, target_token_ids
+from engine.devkit.tiny_models import CHAT_TEMPLATE, MARKER_FILE, NAMED_SPECIAL_TOKENS, SPECIAL_TOKENS, build_tiny_omni
+from train.data.sed_data import mask_labels, sed_messages, target_token_ids
 
 SR = 16_000
 CONVERSATION = [
@@ -185,7 +185,7 @@ class _Rebuilt(Exception):
 
 
 def test_cached_and_deterministic(tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import engine.tiny_models as tiny_models
+    import engine.devkit.tiny_models as tiny_models
 
     before = {path.name: path.stat().st_mtime_ns for path in tiny_dir.iterdir()}
     siblings = sorted(tiny_dir.parent.iterdir())

@@ -8,19 +8,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.backends.vllm_batch import (
+from engine.core.config import ConfigError, EngineConfig, load_config
+from engine.core.schema import WORK_SCHEMA, new_row, reject
+from engine.dataset.pipeline import minimum_resources
+from engine.devkit.tiny_vl import build_tiny_qwen2_5_vl
+from engine.models.backends.vllm_batch import (
     ERROR_COLUMN,
     VllmBatchConfig,
     describe_request,
     describe_result,
     processor_config,
 )
-from engine.config import ConfigError, EngineConfig, load_config
-from engine.pipeline import minimum_resources
-from engine.prompts import DESCRIBE
-from engine.schema import WORK_SCHEMA, new_row, reject
+from engine.models.prompts import DESCRIBE
 from engine.stages.describe import DescribeStage
-from engine.tiny_vl import build_tiny_qwen2_5_vl
 from tests.conftest import CACHE
 
 
@@ -104,9 +104,9 @@ def test_config_places_vllm_on_describe_only_and_counts_its_gpus(tmp_path):
 
 
 def test_a_verdict_request_carries_its_schema_as_structured_outputs():
-    from engine.backends.base import ChatRequest
-    from engine.backends.vllm_batch import chat_request_row
-    from engine.verdicts import RELATION_SCHEMA
+    from engine.models.backends.base import ChatRequest
+    from engine.models.backends.vllm_batch import chat_request_row
+    from engine.models.verdicts import RELATION_SCHEMA
 
     request = ChatRequest([{"role": "user", "content": "judge"}], max_tokens=96, response_schema=RELATION_SCHEMA)
     row = chat_request_row(request)

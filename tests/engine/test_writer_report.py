@@ -5,9 +5,9 @@ import pyarrow as pa
 import pytest
 from fsspec.implementations.local import LocalFileSystem
 
-from engine.report import build_report, write_report
-from engine.schema import CLIP_SCHEMA, new_row, reject
-from engine.writer import ClipTableWriter, StorageUnavailable, read_clip_table
+from engine.core.schema import CLIP_SCHEMA, new_row, reject
+from engine.dataset.report import build_report, write_report
+from engine.dataset.writer import ClipTableWriter, StorageUnavailable, read_clip_table
 
 
 def _table(ids, status="kept"):
@@ -71,7 +71,7 @@ def test_a_throttled_part_read_is_retried_then_stops_the_run_without_touching_an
     writer.add(_table(["a"]))
     writer.add(_table(["b"]))
     before = sorted((p.name, p.read_bytes()) for p in (tmp_path / "clips").iterdir())
-    monkeypatch.setattr("engine.parts.READ_BACKOFF_S", 0.001)
+    monkeypatch.setattr("engine.core.parts.READ_BACKOFF_S", 0.001)
     again = ClipTableWriter(str(tmp_path))
     again.fs = FlakyFileSystem(fails)
     if fails is None:
@@ -84,7 +84,7 @@ def test_a_throttled_part_read_is_retried_then_stops_the_run_without_touching_an
     assert not (tmp_path / "quarantine").exists()
     # The shared part reader (clips/, relations/, the preference ledger, evaluation) retries the same way.
     shared = FlakyFileSystem(fails)
-    monkeypatch.setattr("engine.writer.storage.filesystem", lambda _: shared)
+    monkeypatch.setattr("engine.dataset.writer.storage.filesystem", lambda _: shared)
     if fails is None:
         with pytest.raises(StorageUnavailable):
             read_clip_table(str(tmp_path))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.writer import read_clip_table
+from engine.dataset.writer import read_clip_table
 from tests.jobs.helpers import kill_group, run_build, start_build, wait_for
 
 pytestmark = pytest.mark.slow

@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from engine.writer import read_clip_table
+from engine.dataset.writer import read_clip_table
 from tests.jobs.helpers import REPO, free_port, job_env, wait_for
 
 pytestmark = pytest.mark.slow
@@ -99,7 +99,7 @@ def test_demo_full_through_ray_job_submit_runs_every_stage_with_tiny_models(smal
     relations = pq.read_table(out / "relations").to_pylist()
     assert sorted(r["clip_id"] for r in relations) == sorted(r["clip_id"] for r in kept)
     assert report["splits"]["relations"]["judged"] == len(kept)
-    # The tiny judge decodes within the relation schema (engine.constrained): noise, but every verdict parses.
+    # The tiny judge decodes within the relation schema (engine.models.constrained): noise, but every verdict parses.
     assert report["splits"]["relations"]["failed"] == {}
     assert {r["av_relation"] for r in relations} <= {"consistent", "inconsistent"}
     assert report["splits"]["saber_test"]["consistent"] + report["splits"]["saber_test"]["inconsistent"] > 0

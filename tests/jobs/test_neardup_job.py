@@ -7,8 +7,8 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from engine.schema import clip_id_for
-from engine.writer import read_clip_table
+from engine.core.schema import clip_id_for
+from engine.dataset.writer import read_clip_table
 from tests.engine import neardup_set
 from tests.engine.fake_openai import FakeOpenAI
 from tests.jobs.helpers import run_build, split_config

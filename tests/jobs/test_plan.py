@@ -9,8 +9,8 @@ import math
 import pytest
 import yaml
 
-from engine.capacity import PlanConfig, plan
-from engine.config import EngineConfig, load_config
+from engine.core.config import EngineConfig, load_config
+from engine.ops.capacity import PlanConfig, plan
 from jobs.plan import main
 from tests.jobs.helpers import REPO
 

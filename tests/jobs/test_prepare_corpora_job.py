@@ -12,8 +12,8 @@ from collections import Counter
 import pyarrow.parquet as pq
 import pytest
 
-from engine import storage
-from engine.writer import read_clip_table
+from engine.core import storage
+from engine.dataset.writer import read_clip_table
 from tests.engine.fake_openai import FakeOpenAI
 from tests.jobs.helpers import REPO, job_env, run_build, split_config
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from engine import storage
-from engine.writer import read_clip_table
+from engine.core import storage
+from engine.dataset.writer import read_clip_table
 from tests.jobs.helpers import job_env, run_build
 from tests.jobs.s3_throttle import ThrottlingProxy
 

@@ -80,7 +80,7 @@ def test_saber_test_split_by_hand_and_a_rerun_judges_nothing_again(asr_set, tmp_
     # One call per clip, clip 15 asked once more to repair its answer.
     assert calls_first == {**{i: 1 for i in range(15)}, 15: 2}
     # The rerun: no clip to process, relations/ holds 15 verdicts and clip 15's final failure (unusable after the
-    # repair: engine.failures), so no clip is judged again: not one request reaches the server.
+    # repair: engine.core.failures), so no clip is judged again: not one request reaches the server.
     assert calls_second == 0
     assert report["run"]["skipped_already_done"] == 16  # report.json is the rerun's, with the same splits
     for folder_name in ("ms_swift", "llama_factory"):

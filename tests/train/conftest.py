@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from engine.annotation import parse_annotation
-from engine.schema import clip_id_for
-from engine.sed import SED_SCHEMA, sed_record
-from engine.tiny_models import build_tiny_omni
+from engine.core.schema import clip_id_for
+from engine.core.sed import SED_SCHEMA, sed_record
+from engine.devkit.tiny_models import build_tiny_omni
+from engine.models.annotation import parse_annotation
 from tests.conftest import CACHE
 
 

@@ -18,13 +18,13 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
-from engine.annotation import parse_annotation
-from engine.config_base import load_config
-from engine.holdout import RELATION_SCHEMA
-from engine.prompts import FENCE_CLOSE, FENCE_OPEN
-from engine.schema import CLIP_SCHEMA, new_row
-from engine.sed import SedSections, render_sections
-from engine.writer import write_parquet_whole
+from engine.core.config_base import load_config
+from engine.core.schema import CLIP_SCHEMA, new_row
+from engine.core.sed import SedSections, render_sections
+from engine.dataset.holdout import RELATION_SCHEMA
+from engine.dataset.writer import write_parquet_whole
+from engine.models.annotation import parse_annotation
+from engine.models.prompts import FENCE_CLOSE, FENCE_OPEN
 from tests.engine.fake_openai import FakeOpenAI
 from tests.jobs.helpers import REPO, job_env
 from train.preferences.avem_data import emotion_of

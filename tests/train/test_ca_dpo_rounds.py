@@ -8,14 +8,14 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from engine.config_base import load_config
+from engine.core.config_base import load_config
 from tests.conftest import RAY_TRAIN
 from tests.engine.fake_openai import FakeOpenAI
 from tests.train.test_build_preferences_job import Scripted, config_for, engine_output
-from train.ca_dpo import RoundsConfig, round_configs, run_rounds
-from train.dpo_config import DpoConfig
 from train.preferences.build import read_ledger
 from train.preferences.schema import read_preferences
+from train.recipes.ca_dpo import RoundsConfig, round_configs, run_rounds
+from train.recipes.dpo_config import DpoConfig
 
 LN2 = float(np.log(2))
 

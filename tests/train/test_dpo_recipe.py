@@ -14,17 +14,15 @@ import pytest
 import torch
 from transformers import AutoProcessor, Qwen2_5OmniThinkerForConditionalGeneration
 
-from engine import storage
-from engine.config import ConfigError, load_config
+from engine.core import storage
+from engine.core.config import ConfigError, load_config
 from tests.conftest import RAY_TRAIN
 from tests.train.test_preference_collate import encode_pairs, write_preference_table
-from train.config import LoraConfig, ModelConfig
-from train.dpo_config import DpoConfig
-from train.losses import AvemConfig
-from train.modeling import apply_lora, load_thinker
-from train.preference_collate import AVEM_LAYOUT, collate_preference, split_rows
-from train.recipes.dpo import count_pairs, run
-from train.reference import (
+from train.core.config import LoraConfig, ModelConfig
+from train.core.losses import AvemConfig
+from train.core.modeling import apply_lora, load_thinker
+from train.data.preference_collate import AVEM_LAYOUT, collate_preference, split_rows
+from train.data.reference import (
     ModelReference,
     ReferenceScorer,
     add_fused_logps,
@@ -32,6 +30,8 @@ from train.reference import (
     batch_logps,
     reference_column,
 )
+from train.recipes.dpo import count_pairs, run
+from train.recipes.dpo_config import DpoConfig
 
 LN2 = math.log(2)
 REQUIRED = ["model.path=/sft/final", "data.preferences=/prefs", "storage_path=/runs"]
@@ -186,7 +186,7 @@ def test_ca_dpo_raises_the_margin_resumes_from_s3_and_both_references_agree(loca
     # Precomputed reference, ZeRO-2 full fine-tuning, stopped after 4 steps and restarted to 8 (3 epochs of 8 pairs);
     # checkpoints, the reference log-probs and metrics on S3, so the restart restores all of them from there.
     # The first run encodes and scores the reference in Ray Data actor pools, the others in the driver (a small CPU
-    # run, train.runtime): the losses below agree across them.
+    # run, train.data.runtime): the losses below agree across them.
     common = ["distributed.zero_stage=2", "checkpoint_every=4"]
     first = run(_config(tiny_omni, preference_table, "s3://saber-test/runs", "name=pre", "reference.mode=precomputed",
                         "optim.max_steps=4", "data.driver_max_rows=0", *common))

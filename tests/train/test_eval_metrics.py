@@ -151,7 +151,7 @@ def test_an_emotion_outside_the_table_counts_in_free_text_as_in_a_list():
 
 
 def test_the_emotion_vocabulary_covers_the_benchmarks_and_the_corpora():
-    from engine.corpora.emotions import EMOTION_TABLE
+    from engine.dataset.corpora.emotions import EMOTION_TABLE
     from train.evaluation.benchmarks import DFEW_CLASSES, MER2023_CLASSES, RAVDESS_CLASSES
     from train.evaluation.metrics import OTHER_EMOTIONS
 

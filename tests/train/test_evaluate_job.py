@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from engine.config import load_config
+from engine.core.config import load_config
 from tests.jobs.helpers import REPO, job_env
 from train.evaluation.runner import EvalConfig
 

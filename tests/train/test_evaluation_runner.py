@@ -13,11 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from engine.backends.base import ChatResult
-from engine.holdout import TEST_SCHEMA
-from engine.prompts import FENCE_CLOSE, FENCE_OPEN
-from engine.schema import ANNOTATION_FIELDS
-from engine.sed import sed_record
+from engine.core.schema import ANNOTATION_FIELDS
+from engine.core.sed import sed_record
+from engine.dataset.holdout import TEST_SCHEMA
+from engine.models.backends.base import ChatResult
+from engine.models.prompts import FENCE_CLOSE, FENCE_OPEN
 from tests.engine.fake_openai import FakeOpenAI
 from train.evaluation import prompts, report
 from train.evaluation.benchmarks import get_benchmark
@@ -354,7 +354,7 @@ def test_report_files_and_the_comparison_of_two_result_folders(tmp_path):
 
 
 def test_a_rerun_redoes_only_missing_work_and_transient_failures(tmp_path):
-    from engine.writer import write_parquet_whole
+    from engine.dataset.writer import write_parquet_whole
     from train.evaluation.judging import JUDGMENT_SCHEMA
     from train.evaluation.runner import ANSWER_SCHEMA, generation_hash, pending
 
@@ -448,8 +448,8 @@ def _good_clips(asr_set) -> list[tuple[Path, dict]]:
 
 def saber_test_manifest(asr_set, out: Path) -> tuple[Path, dict[str, int]]:
     """Six clips written as the engine writes saber_test/: clips 0-2 consistent, 3-5 inconsistent."""
-    from engine.annotation import flatten_annotation
-    from engine.schema import clip_id_for
+    from engine.core.schema import clip_id_for
+    from engine.models.annotation import flatten_annotation
 
     rows, speech = [], {}
     for i, (path, annotation) in enumerate(_good_clips(asr_set)[:6]):

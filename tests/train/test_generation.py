@@ -2,8 +2,8 @@
 
 import pytest
 
-from train.config import DataConfig
-from train.generation import GenerationConfig, ThinkerGenerator, clip_seed
+from train.core.config import DataConfig
+from train.inference.generation import GenerationConfig, ThinkerGenerator, clip_seed
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from train.losses import AvemConfig, AvemInputs, avem_loss, dpo_loss, sequence_logps
+from train.core.losses import AvemConfig, AvemInputs, avem_loss, dpo_loss, sequence_logps
 
 
 def softplus(x: float) -> float:

@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import Qwen2_5OmniThinkerForConditionalGeneration
 
-from engine.config import ConfigError, load_config
+from engine.core.config import ConfigError, load_config
 from tests.conftest import RAY_TRAIN
-from train.config import DataConfig, SftConfig
-from train.generation import GenerationConfig, ThinkerGenerator
+from train.core.config import DataConfig, SftConfig
+from train.inference.generation import GenerationConfig, ThinkerGenerator
 from train.recipes.sft import run
 
 pytestmark = [pytest.mark.slow, RAY_TRAIN]

@@ -10,8 +10,9 @@ import pytest
 import torch
 from transformers import AutoProcessor, Qwen2_5OmniThinkerForConditionalGeneration
 
-from train.collate import collate_sed
-from train.config import DataConfig
+from train.core.config import DataConfig
+from train.data.collate import collate_sed
+from train.data.sed_data import IGNORE_INDEX, SedEncoder
 from train.mosear import (
     MoseConfig,
     attach_mose,
@@ -25,7 +26,6 @@ from train.mosear import (
 from train.mosear.attach import ModalityContext, gate_positions, modality_context
 from train.mosear.mose import LoraMixture, ModalityGate
 from train.mosear.realloc import TOKENS_KWARG
-from train.sed_data import IGNORE_INDEX, SedEncoder
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -12,13 +12,13 @@ import pytest
 import torch
 from transformers import AutoProcessor, Qwen2_5OmniThinkerForConditionalGeneration
 
-from train.collate import collate_sed
-from train.config import DataConfig
-from train.preference_collate import AVEM_LAYOUT, DPO_LAYOUT, collate_preference, collate_text, split_rows
-from train.preference_data import INPUT_COLUMNS, OUTPUT_COLUMNS, PreferenceEncoder, PreferencePreprocessor
+from train.core.config import DataConfig
+from train.data.collate import collate_sed
+from train.data.preference_collate import AVEM_LAYOUT, DPO_LAYOUT, collate_preference, collate_text, split_rows
+from train.data.preference_data import INPUT_COLUMNS, OUTPUT_COLUMNS, PreferenceEncoder, PreferencePreprocessor
+from train.data.reference import batch_logps
+from train.data.sed_data import IGNORE_INDEX
 from train.preferences.schema import PREFERENCE_SCHEMA
-from train.reference import batch_logps
-from train.sed_data import IGNORE_INDEX
 
 DATA = DataConfig(max_pixels=56 * 56, max_frames=4)
 MEDIA = ("pixel_values_videos", "video_grid_thw", "video_second_per_grid", "input_features")

@@ -11,13 +11,13 @@ import wave
 import pyarrow as pa
 import pytest
 
-from engine.backends.base import ChatResult
-from engine.config_base import ConfigError, load_config
-from engine.prompts import FENCE_CLOSE, FENCE_OPEN
-from engine.sed import SYSTEM_PROMPT, USER_PROMPT, SedSections, render_sections
-from engine.verdicts import VerdictError
-from train.config import DataConfig
-from train.generation import GenerationConfig, clip_seed
+from engine.core.config_base import ConfigError, load_config
+from engine.core.sed import SYSTEM_PROMPT, USER_PROMPT, SedSections, render_sections
+from engine.models.backends.base import ChatResult
+from engine.models.prompts import FENCE_CLOSE, FENCE_OPEN
+from engine.models.verdicts import VerdictError
+from train.core.config import DataConfig
+from train.inference.generation import GenerationConfig, clip_seed
 from train.preferences.avem_data import (
     AvemWriterStage,
     SwapChooser,

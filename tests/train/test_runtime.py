@@ -1,4 +1,4 @@
-"""train.runtime: a small CPU run encodes in the driver, a large or streamed one in an actor pool, and the training
+"""train.data.runtime: a small CPU run encodes in the driver, a large or streamed one in an actor pool, and the training
 loop cannot tell the two apart (same rows, same tensor columns)."""
 
 import json
@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from train import runtime
+from train.data import runtime
 
 
 class Encoder:

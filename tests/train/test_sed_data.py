@@ -7,13 +7,13 @@ import pytest
 import torch
 from transformers import AutoProcessor
 
-from engine.config import ConfigError, load_config
-from engine.sed import build_sed_target
-from train.collate import collate_sed
-from train.config import DataConfig, SftConfig
-from train.ds_config import deepspeed_config
+from engine.core.config import ConfigError, load_config
+from engine.core.sed import build_sed_target
+from train.core.config import DataConfig, SftConfig
+from train.core.ds_config import deepspeed_config
+from train.data.collate import collate_sed
+from train.data.sed_data import IGNORE_INDEX, SedEncoder, mask_labels
 from train.recipes.sft import warmup_cosine
-from train.sed_data import IGNORE_INDEX, SedEncoder, mask_labels
 
 FIELDS = {"video_desc": "A kitchen.", "facial_exp_desc": "A frown.", "body_lang_desc": "Arms crossed.",
           "speech_content": "I told you.", "acoustic_feat": "Low and slow.", "sentiment_analysis": "Anger."}
@@ -136,8 +136,8 @@ def test_audio_as_separate_stream_or_interleaved_in_the_video(tiny_omni):
 
 
 def test_gradient_checkpointing_trains_and_encoders_stay_frozen(tiny_omni):
-    from train.config import ModelConfig
-    from train.modeling import load_thinker, submodule
+    from train.core.config import ModelConfig
+    from train.core.modeling import load_thinker, submodule
 
     processor, example = _encode(tiny_omni)
     model = load_thinker(ModelConfig(path=str(tiny_omni), gradient_checkpointing=True))

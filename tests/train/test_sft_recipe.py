@@ -17,10 +17,10 @@ import pytest
 import torch
 from transformers import AutoProcessor, Qwen2_5OmniThinkerForConditionalGeneration
 
-from engine import storage
-from engine.config import load_config
+from engine.core import storage
+from engine.core.config import load_config
 from tests.conftest import RAY_TRAIN
-from train.config import SftConfig
+from train.core.config import SftConfig
 from train.recipes.sft import run
 
 pytestmark = [pytest.mark.slow, RAY_TRAIN]

@@ -22,8 +22,8 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
-from engine.schema import ANNOTATION_FIELDS
-from engine.sed import SedFormatError, parse_sed_response
+from engine.core.schema import ANNOTATION_FIELDS
+from engine.core.sed import SedFormatError, parse_sed_response
 from train.evaluation import judge_metrics as js
 from train.evaluation import metrics as m
 from train.evaluation import prompts

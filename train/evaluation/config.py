@@ -11,13 +11,13 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from engine import storage
-from engine.config import BackendConfig, ModelStageConfig, PoolConfig
-from engine.config_base import ConfigSection
-from train.config import DataConfig
+from engine.core import storage
+from engine.core.config import BackendConfig, ModelStageConfig, PoolConfig
+from engine.core.config_base import ConfigSection
+from train.core.config import DataConfig
 from train.evaluation.benchmarks import BENCHMARKS, ITEM_SCHEMA
 from train.evaluation.judging import JUDGMENT_SCHEMA
-from train.generation import GenerationConfig
+from train.inference.generation import GenerationConfig
 
 ANSWER_SCHEMA = pa.schema([
     *ITEM_SCHEMA,
@@ -72,7 +72,7 @@ class EvalConfig(ConfigSection):
     limit: int | None = Field(None, ge=1)
     block_rows: int = Field(16, ge=1)
     flush_rows: int = Field(64, ge=1)  # answers/judgments saved at least this often (finer resume)
-    # Runs that may fail an item at the API (engine.failures: retryable) before the item is left failed (gave up).
+    # Runs that may fail an item at the API (engine.core.failures: retryable) before the item is left failed (gave up).
     max_attempts: int = Field(3, ge=1)
     ray_address: str | None = None
     model: AnswerModelConfig = AnswerModelConfig(path="Qwen/Qwen2.5-Omni-7B")

@@ -15,8 +15,8 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
-from engine.backends.base import ChatBackend, ChatRequest
-from engine.schema import ANNOTATION_FIELDS
+from engine.core.schema import ANNOTATION_FIELDS
+from engine.models.backends.base import ChatBackend, ChatRequest
 from engine.stages.base import Row
 from engine.stages.model_stage import BatchedModelStage
 from train.evaluation import prompts

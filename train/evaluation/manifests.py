@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine import storage
+from engine.core import storage
 from train.evaluation.benchmarks import ITEM_SCHEMA, Benchmark, Item, ItemProblem, text_field
 
 

@@ -128,8 +128,8 @@ EMOTION_GROUPS: dict[str, tuple[str, ...]] = {
 # outside every group), listed so that free text is searched for them too. MoSEAR Eq. 22 groups every predicted
 # label, so "happy but also disgusted" must count two predictions, as the list ["happy", "disgusted"] does; a word
 # nobody listed is seen in a list but not in free text. The vocabulary: the emotion classes of the benchmarks scored
-# here (DFEW, RAVDESS, MER2023) and of the ten source corpora (engine.corpora.emotions), less words that are mostly
-# not emotions in running text ("interest", "trust", "distraction", "other"); tests check that coverage.
+# here (DFEW, RAVDESS, MER2023) and of the ten source corpora (engine.dataset.corpora.emotions), less words that are
+# mostly not emotions in running text ("interest", "trust", "distraction", "other"); tests check that coverage.
 OTHER_EMOTIONS: dict[str, tuple[str, ...]] = {
     "disgust": ("disgusted", "disgusting", "disgustedly", "revulsion", "repulsed"),
     "anticipation": ("anticipating", "expectant"),

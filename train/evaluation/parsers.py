@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Literal, ParamSpec, TypeVar
 
-from engine.verdicts import VerdictError, parse_json_object
+from engine.models.verdicts import VerdictError, parse_json_object
 from train.evaluation.judge_metrics import (
     EMER_CRITERIA,
     EMER_SCORE_RANGE,

@@ -24,7 +24,7 @@ matplotlib.use("Agg")  # headless: workers and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
-from engine import storage  # noqa: E402
+from engine.core import storage  # noqa: E402
 from train.evaluation import load_reference  # noqa: E402
 from train.evaluation.benchmarks import Benchmark, Metrics, Scores  # noqa: E402
 from train.evaluation.judging import verdict_of  # noqa: E402

@@ -24,11 +24,11 @@ from typing import Any
 
 import pyarrow as pa
 
-from engine import storage
-from engine.config import dump_config
-from engine.failures import RETRYABLE, backend_failure
-from engine.media import MediaError
-from engine.writer import read_parts, write_parquet_whole
+from engine.core import storage
+from engine.core.config import dump_config
+from engine.core.failures import RETRYABLE, backend_failure
+from engine.core.media import MediaError
+from engine.dataset.writer import read_parts, write_parquet_whole
 from train.evaluation import report
 from train.evaluation.benchmarks import ITEM_SCHEMA, Benchmark, Item, get_benchmark
 from train.evaluation.config import ANSWER_SCHEMA, ITEMS_SCHEMA, EvalConfig, generation_hash, judge_model_id, with_cache
@@ -56,8 +56,8 @@ class CheckpointAnswerer:
     the folder has them, attention reallocation by the generation flag."""
 
     def __init__(self, config: EvalConfig, model_path: str) -> None:
-        from train.generation import ThinkerGenerator
-        from train.modeling import resolve_model_path  # tiny:DIR is built (once, cached) here
+        from train.core.modeling import resolve_model_path  # tiny:DIR is built (once, cached) here
+        from train.inference.generation import ThinkerGenerator
 
         m = config.model
         self.generator = ThinkerGenerator(resolve_model_path(model_path), config.media, m.device, m.dtype,
@@ -85,16 +85,16 @@ class ApiAnswerer:
     part, then the question; one batched chat call per batch of items."""
 
     def __init__(self, config: EvalConfig, cache_dir: str) -> None:
-        from engine.backends.factory import make_backend
+        from engine.models.backends.factory import make_backend
 
         self.backend = make_backend(with_cache(config.model.backend, cache_dir))
         self.media, self.generation = config.media, config.generation
 
     def request(self, item: Item, task: TaskPrompt) -> Any:
-        from engine.backends.base import ChatRequest
-        from engine.backends.media_parts import audio_part, frame_parts, media_key
-        from engine.media import encode_jpeg
-        from train.sed_data import load_media
+        from engine.core.media import encode_jpeg
+        from engine.models.backends.base import ChatRequest
+        from engine.models.backends.media_parts import audio_part, frame_parts, media_key
+        from train.data.sed_data import load_media
 
         frames, audio = load_media(item["source_uri"], self.media)
         jpegs, pcm = [encode_jpeg(frame, 90) for frame in frames], audio.astype("<f4").tobytes()
@@ -145,7 +145,7 @@ class AnswerBatch:
 
 
 def judge_stage(config: EvalConfig, folder: str) -> AnswerJudgeStage:
-    from engine.backends.factory import make_backend
+    from engine.models.backends.factory import make_backend
 
     backend = make_backend(with_cache(config.judge.backend, storage.join(folder, "cache", "judge")))
     return JUDGE_STAGES[get_benchmark(config.benchmark).judge](backend, max_tokens=config.judge.max_tokens)
@@ -154,7 +154,7 @@ def judge_stage(config: EvalConfig, folder: str) -> AnswerJudgeStage:
 # ---------------------------------------------------------------- the Ray Data plan
 
 def is_transient(reason: str | None, detail: str | None) -> bool:
-    """Worth another try on a rerun (engine.failures, the policy of every loop): a backend that gave up on a busy
+    """Worth another try on a rerun (engine.core.failures, the policy of every loop): a backend that gave up on a busy
     or unreachable service. A clip that does not decode, a request the service refuses for its content, or a
     judge answer that does not parse (deterministic at temperature 0, and cached) stays failed."""
     error = (detail or "").rsplit(": ", 1)[-1]  # judge details read "<model>: <error>"
@@ -164,7 +164,7 @@ def is_transient(reason: str | None, detail: str | None) -> bool:
 def evaluation_plan(config: EvalConfig, to_answer: list[Item], to_judge: list[dict[str, Any]]) -> Any:
     """Items -> answer actor pool -> judge actor pool (judged benchmarks; answers of earlier runs that still
     need a verdict join the stream before it), one dataset so both pools work at once."""
-    from engine.pipeline import pool_map, table_blocks  # Ray only where a plan is built
+    from engine.dataset.pipeline import pool_map, table_blocks  # Ray only where a plan is built
 
     ds = None
     if to_answer:
@@ -221,7 +221,7 @@ def _write_parts(table: pa.Table, folder: str, name: str, judged: bool, known: s
 def latest(table: pa.Table, status: str, stamp: str, keep: Callable[[dict[str, Any]], bool] = bool
            ) -> dict[str, dict[str, Any]]:
     """One row per item: an ok one if any (never redone), else the latest failure; `transient_failures` counts the
-    item's transient failures over all runs (the attempts of engine.ledger's rule)."""
+    item's transient failures over all runs (the attempts of engine.dataset.ledger's rule)."""
     best: dict[str, dict[str, Any]] = {}
     kind = status.removesuffix("_status")
     failures: Counter[str] = Counter()

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from train.modeling import submodule
+from train.core.modeling import submodule
 from train.mosear.mose import MoseConfig, MoseExperts
 from train.mosear.realloc import EAGER_AR, register_eager_ar
 from train.mosear.tokens import TOKENS_KWARG, TokenModalities

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from train.config import MoseConfig
+from train.core.config import MoseConfig
 
 __all__ = ["LoraMixture", "ModalityGate", "MoseConfig", "MoseExperts", "masked_mean"]
 

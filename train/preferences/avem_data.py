@@ -24,19 +24,19 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
 
-from engine.backends.base import ChatBackend, ChatRequest
-from engine.prompts import FENCE_CLOSE, FENCE_OPEN, Prompt, fence
-from engine.schema import ANNOTATION_FIELDS
-from engine.sed import SedFormatError, parse_sed_response
+from engine.core.schema import ANNOTATION_FIELDS
+from engine.core.sed import SedFormatError, parse_sed_response
+from engine.models.backends.base import ChatBackend, ChatRequest
+from engine.models.prompts import FENCE_CLOSE, FENCE_OPEN, Prompt, fence
+from engine.models.verdicts import VerdictError, parse_json_object
 from engine.stages.base import Row
 from engine.stages.model_stage import BatchedModelStage
 from engine.stages.relation import annotation_text
-from engine.verdicts import VerdictError, parse_json_object
 from train.preferences.judge import cached_backend
 from train.preferences.schema import QUERY_SCHEMA
 
 if TYPE_CHECKING:
-    from engine.config import BackendConfig
+    from engine.core.config import BackendConfig
 
 Modality = Literal["video", "audio", "both"]
 

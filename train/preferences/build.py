@@ -30,13 +30,13 @@ import ray.data
 matplotlib.use("Agg")  # headless: drivers and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from engine import storage  # noqa: E402
-from engine.config import dump_config  # noqa: E402
-from engine.failures import GAVE_UP, RETRYABLE  # noqa: E402
-from engine.ledger import settle  # noqa: E402
-from engine.pipeline import pool_map, table_blocks  # noqa: E402
-from engine.writer import PART_PREFIX, QUARANTINE_DIR, read_parts, set_aside, write_parquet_whole  # noqa: E402
-from train.modeling import resolve_model_path  # noqa: E402
+from engine.core import storage  # noqa: E402
+from engine.core.config import dump_config  # noqa: E402
+from engine.core.failures import GAVE_UP, RETRYABLE  # noqa: E402
+from engine.dataset.ledger import settle  # noqa: E402
+from engine.dataset.pipeline import pool_map, table_blocks  # noqa: E402
+from engine.dataset.writer import PART_PREFIX, QUARANTINE_DIR, read_parts, set_aside, write_parquet_whole  # noqa: E402
+from train.core.modeling import resolve_model_path  # noqa: E402
 from train.preferences.avem_data import AvemBatch, assign_swaps, writer_stage  # noqa: E402
 from train.preferences.config import PreferenceConfig  # noqa: E402
 from train.preferences.judge import JudgeBatch, judge_stage  # noqa: E402

@@ -6,10 +6,10 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from engine.config import ModelStageConfig, PoolConfig
-from engine.config_base import ConfigSection
-from train.config import DataConfig
-from train.generation import GenerationConfig
+from engine.core.config import ModelStageConfig, PoolConfig
+from engine.core.config_base import ConfigSection
+from train.core.config import DataConfig
+from train.inference.generation import GenerationConfig
 from train.preferences.rank import RankingConfig
 from train.preferences.vllm_sampling import VllmSamplingConfig
 
@@ -53,7 +53,7 @@ class PreferenceConfig(ConfigSection):
     ray_address: str | None = None
     # Queries per Ray Data block and per written part: the resume unit (a killed run redoes at most this many).
     batch_queries: int = Field(8, ge=1)
-    # Runs in which a query may be dropped because judge calls failed for a reason of the world (engine.failures)
+    # Runs in which a query may be dropped because judge calls failed for a reason of the world (engine.core.failures)
     # before it is recorded as gave_up; until then each rerun samples and judges it again.
     max_attempts: int = Field(3, ge=1)
     selection: SelectionConfig = SelectionConfig()

@@ -22,19 +22,19 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine import storage
-from engine.backends.base import ChatBackend, ChatRequest
-from engine.prompts import FENCE_CLOSE, FENCE_OPEN, Prompt, fence
-from engine.schema import ANNOTATION_FIELDS
-from engine.sed import SedFormatError, parse_sed_response
+from engine.core import storage
+from engine.core.schema import ANNOTATION_FIELDS
+from engine.core.sed import SedFormatError, parse_sed_response
+from engine.models.backends.base import ChatBackend, ChatRequest
+from engine.models.prompts import FENCE_CLOSE, FENCE_OPEN, Prompt, fence
+from engine.models.verdicts import REASON_MAX_CHARS, VerdictError, parse_json_object, response_schema
 from engine.stages.base import Row
 from engine.stages.model_stage import BatchedModelStage
 from engine.stages.relation import annotation_text
-from engine.verdicts import REASON_MAX_CHARS, VerdictError, parse_json_object, response_schema
 from train.preferences.schema import QUERY_SCHEMA
 
 if TYPE_CHECKING:
-    from engine.config import BackendConfig
+    from engine.core.config import BackendConfig
 
 _RELATION_TEXT = {
     "consistent": "consistent: the visual and the acoustic cues express the same emotion",
@@ -192,7 +192,7 @@ class JudgeBatch:
 def cached_backend(backend: BackendConfig, output: str, stage: str) -> ChatBackend:
     """The stage's backend; an HTTP one without a cache_dir caches under OUTPUT/cache/<stage>, so a batch
     redone after a crash (or a second round on the same output) never pays twice for the same answer."""
-    from engine.backends.factory import make_backend
+    from engine.models.backends.factory import make_backend
 
     if backend.kind == "http" and backend.http.cache_dir is None:
         http = backend.http.model_copy(update={"cache_dir": storage.join(output, "cache", stage)})

@@ -17,8 +17,8 @@ from typing import Any, Literal
 import pyarrow as pa
 from pydantic import Field
 
-from engine.config_base import ConfigSection
-from engine.failures import FINAL, RETRYABLE, backend_failure
+from engine.core.config_base import ConfigSection
+from engine.core.failures import FINAL, RETRYABLE, backend_failure
 from train.preferences.schema import PREFERENCE_SCHEMA, QUERY_SCHEMA, pair_id
 
 

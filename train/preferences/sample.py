@@ -18,10 +18,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from engine import storage
-from engine.media import MediaError
-from train.config import DataConfig
-from train.generation import GenerationConfig
+from engine.core import storage
+from engine.core.media import MediaError
+from train.core.config import DataConfig
+from train.inference.generation import GenerationConfig
 from train.preferences.config import SamplerModelConfig
 from train.preferences.schema import QUERY_SCHEMA
 
@@ -65,7 +65,7 @@ class SampleBatch:
                  torch_threads: int | None = None) -> None:
         import torch
 
-        from train.generation import ThinkerGenerator
+        from train.inference.generation import ThinkerGenerator
 
         if torch_threads:
             # A CPU actor owns `num_cpus` cores: more intra-op threads only fight over them.

@@ -14,9 +14,9 @@ import hashlib
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine import storage
-from engine.schema import ANNOTATION_FIELDS
-from engine.writer import read_parts
+from engine.core import storage
+from engine.core.schema import ANNOTATION_FIELDS
+from engine.dataset.writer import read_parts
 
 PAIRS_DIR = "preferences"  # OUTPUT/preferences/part-*.parquet
 
@@ -83,7 +83,7 @@ QUERY_SCHEMA = pa.schema([
     # rank: winners best first, losers worst first; kept pairs as two aligned index lists
     pa.field("status", pa.string()),  # paired | dropped
     pa.field("drop_reason", pa.string()),
-    # engine.failures for a dropped query: retryable when judge calls the API failed (a later run samples and
+    # engine.core.failures for a dropped query: retryable when judge calls the API failed (a later run samples and
     # judges it again), gave_up after max_attempts such runs, final otherwise (a verdict about the answers)
     pa.field("failure", pa.string()),
     pa.field("winners", _INT_LIST),

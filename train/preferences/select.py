@@ -15,11 +15,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine import storage
-from engine.holdout import latest_verdicts, read_relations
-from engine.schema import ANNOTATION_FIELDS
-from engine.sed import SED_SCHEMA
-from engine.writer import read_clip_table, read_parts
+from engine.core import storage
+from engine.core.schema import ANNOTATION_FIELDS
+from engine.core.sed import SED_SCHEMA
+from engine.dataset.holdout import latest_verdicts, read_relations
+from engine.dataset.writer import read_clip_table, read_parts
 from train.preferences.avem_data import emotion_of
 from train.preferences.config import SelectionConfig
 from train.preferences.schema import empty_query
@@ -31,7 +31,7 @@ CLIP_COLUMNS = ("clip_id", "status", "label", *ANNOTATION_FIELDS)
 @dataclass
 class EngineTables:
     sed: list[dict[str, Any]]
-    verdicts: dict[str, dict[str, Any]]  # clip_id -> latest verdict (engine.holdout.latest_verdicts)
+    verdicts: dict[str, dict[str, Any]]  # clip_id -> latest verdict (engine.dataset.holdout.latest_verdicts)
     clips: dict[str, dict[str, Any]]  # clip_id -> kept, annotated clip row (CLIP_COLUMNS)
 
 

@@ -7,7 +7,7 @@ clip_seed(seed, clip_id) + k (reproducible per clip, like the transformers sampl
 grouped back by clip. The K requests share their prompt and media byte for byte, so vLLM's prefix cache
 (on by default here) serves the shared prefix once.
 
-Media are decoded once per query with the same decoder and budget as SFT (train.sed_data.load_media): the
+Media are decoded once per query with the same decoder and budget as SFT (train.data.sed_data.load_media): the
 frames travel as one `video/jpeg` data URL (vLLM's base64 frame-list form), the audio as a separate
 `input_audio` WAV part (the official inference layout; `use_audio_in_video` off). A query whose media
 cannot be decoded keeps its error and passes the processor as one 1-token text request (a Ray Data stream
@@ -23,12 +23,12 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from engine.backends.media_parts import audio_part
-from engine.config_base import ConfigSection
-from engine.media import MediaError, encode_jpeg
-from train.config import DataConfig
-from train.generation import GenerationConfig, clip_seed
-from train.sed_data import load_media
+from engine.core.config_base import ConfigSection
+from engine.core.media import MediaError, encode_jpeg
+from engine.models.backends.media_parts import audio_part
+from train.core.config import DataConfig
+from train.data.sed_data import load_media
+from train.inference.generation import GenerationConfig, clip_seed
 
 ERROR_COLUMN = "__inference_error__"
 MEDIA_COLUMNS = ("video_url", "audio_b64")

@@ -2,13 +2,13 @@
 on Ray Train TorchTrainer + DeepSpeed ZeRO-2/3, exactly like the SFT recipe (whose engine, resume, checkpoint and
 final-save functions this module reuses).
 
-`run(config)` is the driver: encode the preference table in a Ray Data actor pool (`train.preference_data`),
-optionally add the reference log-probs in a second pass (`train.reference`), fit, plot. `train_loop_per_worker`
+`run(config)` is the driver: encode the preference table in a Ray Data actor pool (`train.data.preference_data`),
+optionally add the reference log-probs in a second pass (`train.data.reference`), fit, plot. `train_loop_per_worker`
 runs on each worker: the policy engine, the reference (`reference.mode`), then `train_step` per micro-batch.
 
 A micro-batch of B pairs is one policy forward over all its rows ([chosen; rejected], or AVEm's [chosen; y_vr;
-y_er; chosen on the swapped clip]: `train.preference_collate`), one reference forward over the same rows (plus the
-text-only rows for AVEm's TPD) unless precomputed, then the loss from `train.losses`. Metrics per optimizer step go
+y_er; chosen on the swapped clip]: `train.data.preference_collate`), one reference forward over the same rows (plus the
+text-only rows for AVEm's TPD) unless precomputed, then the loss from `train.core.losses`. Metrics per optimizer step go
 to RUN/metrics.jsonl (loss, margin, accuracy, chosen/rejected rewards, each loss term, mean policy and reference
 log-probs per row kind, lr, throughput) and at the end to RUN/loss.png.
 
@@ -21,7 +21,8 @@ TRL (1.16): its DPOTrainer is not used, for these reasons:
   video AND audio features, encoded once in preprocessing and repeated for the chosen and rejected rows.
 - `precompute_ref_log_probs=True` raises for vision datasets and for iterable (streamed) datasets.
 - AVEm-DPO (two weighted rejections, the swapped-input preference, text-prior debiasing) has no TRL loss; its
-  sigmoid loss lives inside `DPOTrainer._compute_loss` (`train.losses.dpo_loss` is the same formula, tested by hand).
+  sigmoid loss lives inside `DPOTrainer._compute_loss` (`train.core.losses.dpo_loss` is the same formula, tested by
+  hand).
 - `DataCollatorForPreference` takes one prompt and two responses per example and no media; AVEm needs four media
   rows per pair (one with a different prompt: the swapped clip's placeholder counts differ) plus three text rows.
 Used: `trl.trainer.utils.add_fused_lm_head` (`fused_logps=true`, ZeRO-2), which scores the response tokens in
@@ -49,14 +50,16 @@ import torch.distributed as dist
 from ray.train import ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from engine import storage
-from engine.config_base import dump_config
-from train import runtime
-from train.dpo_config import DpoConfig, PreferenceLossConfig
-from train.losses import AvemInputs, PreferenceLoss, avem_loss, dpo_loss
-from train.metrics import MetricsLog
-from train.modeling import resolve_model_path
-from train.preference_collate import LAYOUTS, collate_preference, split_rows
+from engine.core import storage
+from engine.core.config_base import dump_config
+from train.core.losses import AvemInputs, PreferenceLoss, avem_loss, dpo_loss
+from train.core.metrics import MetricsLog
+from train.core.modeling import resolve_model_path
+from train.data import runtime
+from train.data.preference_collate import LAYOUTS, collate_preference, split_rows
+from train.data.reference import CACHE_FILE as REFERENCE_FILE
+from train.data.reference import add_fused_logps, batch_logps, load_reference, precompute_reference_logps, to_device
+from train.recipes.dpo_config import DpoConfig, PreferenceLossConfig
 from train.recipes.sft import (
     TrainState,
     checkpoint_uri,
@@ -67,8 +70,6 @@ from train.recipes.sft import (
     save_final,
     setup_engine,
 )
-from train.reference import CACHE_FILE as REFERENCE_FILE
-from train.reference import add_fused_logps, batch_logps, load_reference, precompute_reference_logps, to_device
 
 log = logging.getLogger(__name__)
 TITLES = {"dpo": "CA-DPO", "avem": "AVEm-DPO"}
@@ -214,7 +215,7 @@ def run(config: DpoConfig) -> dict[str, Any]:
 
 def build_training_dataset(config: DpoConfig, model_path: str, reference_path: str, pad_token_id: int,
                            run_dir: str) -> ray.data.Dataset:
-    from train.preference_data import build_preference_dataset
+    from train.data.preference_data import build_preference_dataset
 
     # Small (CPU) runs encode once and keep the arrays in the object store (the training workers then hold every
     # CPU, so nothing may be left to compute); cluster runs stream them.

@@ -26,12 +26,13 @@ import torch.distributed as dist
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from engine import monitoring, storage
-from train.collate import collate_sed
-from train.config import SftConfig
-from train.ds_config import deepspeed_config
-from train.metrics import MetricsLog
-from train.modeling import apply_lora, count_parameters, load_thinker, resolve_model_path, torch_dtype
+from engine.core import storage
+from engine.ops import monitoring
+from train.core.config import SftConfig
+from train.core.ds_config import deepspeed_config
+from train.core.metrics import MetricsLog
+from train.core.modeling import apply_lora, count_parameters, load_thinker, resolve_model_path, torch_dtype
+from train.data.collate import collate_sed
 
 log = logging.getLogger(__name__)
 STATE_FILE = "train_state.json"
@@ -224,7 +225,7 @@ def save_final(engine: Any, config: SftConfig, loop_config: dict[str, Any]) -> N
 
 def save_model(model: torch.nn.Module, folder: str, config: SftConfig) -> None:
     """save_pretrained layout; with MoSE the base weights (unchanged) without the experts, which go beside them
-    in mose.safetensors, so the folder loads as a plain thinker and train.generation attaches the experts."""
+    in mose.safetensors, so the folder loads as a plain thinker and train.inference.generation attaches the experts."""
     if not config.mose.enabled:
         model.save_pretrained(folder)
         return
@@ -281,7 +282,7 @@ def run(config: SftConfig) -> dict[str, Any]:
 
 
 def build_sed_examples(config: SftConfig, model_path: str) -> ray.data.Dataset:
-    from train.sed_data import build_sed_dataset
+    from train.data.sed_data import build_sed_dataset
 
     # Small runs preprocess once and keep the tensors in the object store; cluster runs stream them.
     return build_sed_dataset(config, model_path, materialize=not config.distributed.use_gpu)
@@ -295,7 +296,7 @@ def checkpoint_uri(storage_path: str, checkpoint: Checkpoint | None) -> str | No
 def run_config(config: SftConfig, storage_path: str) -> RunConfig:
     """Where Ray Train keeps the run (checkpoints and its checkpoint index, the restart point of a failed worker group
     and of a rerun) and how many worker-group failures it restarts from the latest checkpoint. Remote storage goes
-    through engine.storage's filesystem (its endpoint and credentials); alongside a filesystem of its own Ray Train
+    through engine.core.storage's filesystem (its endpoint and credentials); alongside a filesystem of its own Ray Train
     takes the path without the protocol."""
     remote = storage.is_remote(storage_path)
     return RunConfig(name=config.name, storage_path=storage.strip_protocol(storage_path) if remote else storage_path,

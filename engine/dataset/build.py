@@ -1,0 +1,191 @@
+"""The build: list inputs, skip finished clips, stream the plan into clips/, write the report.
+
+Called by jobs/build_saber.py inside a Ray driver (local Ray or `ray job submit`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from engine.core import storage
+from engine.core.config import EngineConfig, dump_config
+from engine.core.failures import RETRYABLE
+from engine.dataset import holdout, neardup
+from engine.dataset.card import write_card
+from engine.dataset.pipeline import build_plan, funnel_stages, minimum_resources, relation_plan
+from engine.dataset.report import build_report, write_report
+from engine.dataset.sources import list_source
+from engine.dataset.writer import ClipTableWriter, read_clip_table
+from engine.ops import monitoring
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Progress:
+    """A one-line summary every `every` seconds, beside Ray Data's own progress bars."""
+
+    total: int
+    every: float
+    started: float = field(default_factory=time.monotonic)
+    done: int = 0
+    kept: int = 0
+    retry: int = 0  # failed for a reason of the world (engine.core.failures): the next run does them again
+    media_seconds: float = 0.0
+    _last: float = 0.0
+
+    def update(self, batch: pa.Table) -> None:
+        self.done += batch.num_rows
+        self.kept += pc.sum(pc.equal(batch.column("status"), "kept")).as_py() or 0
+        self.retry += pc.sum(pc.equal(batch.column("failure"), RETRYABLE)).as_py() or 0
+        self.media_seconds += pc.sum(batch.column("duration_s")).as_py() or 0.0
+        if time.monotonic() - self._last >= self.every:
+            self._last = time.monotonic()
+            log.info("%s", self.line())
+
+    @property
+    def elapsed(self) -> float:
+        return max(time.monotonic() - self.started, 1e-9)
+
+    def line(self) -> str:
+        rejected = self.done - self.kept - self.retry
+        return (f"[build_saber] {self.done}/{self.total} clips, kept {self.kept}, rejected {rejected}, "
+                f"to retry {self.retry}, "
+                f"{self.done / self.elapsed:.2f} clips/s, {self.media_seconds / self.elapsed:.1f} media-s/s")
+
+
+def save_config(config: EngineConfig) -> None:
+    fs = storage.filesystem(config.output)
+    base = storage.strip_protocol(config.output)
+    fs.makedirs(base, exist_ok=True)
+    fs.pipe_file(f"{base}/config.yaml", dump_config(config).encode())
+
+
+def pending_sources(config: EngineConfig, writer: ClipTableWriter) -> tuple[pa.Table, int, int]:
+    """(sources still to process, number of inputs, number already finished by earlier runs)."""
+    source = list_source(config.input, config.dataset, config.lang, config.source_video_pattern)
+    if config.limit:
+        source = source.slice(0, config.limit)
+    finished = writer.finished_ids()
+    mask = pc.invert(pc.is_in(source.column("clip_id"), value_set=pa.array(sorted(finished), pa.string())))
+    return source.filter(mask), source.num_rows, source.num_rows - int(pc.sum(mask).as_py() or 0)
+
+
+def warn_if_pools_do_not_fit(config: EngineConfig) -> None:
+    """A plan whose minimum actor pools exceed the cluster waits until the autoscaler adds nodes, and forever
+    on a fixed cluster: say so up front, naming the numbers, instead of hanging silently."""
+    import ray
+
+    need, have = minimum_resources(config), ray.cluster_resources()
+    for resource, amount in need.items():
+        if amount > have.get(resource, 0.0) + 1e-9:
+            log.warning("[build_saber] the plan's minimum pools need %.2f %s but the cluster has %.2f now: it "
+                        "will wait for the autoscaler (on a fixed cluster, lower resources.* / *.pool.num_cpus "
+                        "or concurrency)", amount, resource, have.get(resource, 0.0))
+
+
+def run_build(config: EngineConfig) -> dict[str, Any]:
+    config = config.model_copy(update={"input": storage.absolute(config.input),
+                                       "output": storage.absolute(config.output)})
+    save_config(config)
+    writer = ClipTableWriter(config.output, config.flush_rows, config.flush_seconds, max_attempts=config.max_attempts)
+    todo, total, skipped = pending_sources(config, writer)
+    log.info("[build_saber] %d inputs, %d finished by earlier runs, %d to process (run %s)",
+             total, skipped, todo.num_rows, writer.run_id)
+    monitoring.record_build_start(todo.num_rows, skipped)  # Prometheus/dashboard; a no-op without Ray
+    progress = Progress(total=todo.num_rows, every=config.summary_seconds)
+    if todo.num_rows:
+        warn_if_pools_do_not_fit(config)
+        for batch in build_plan(todo, config).iter_batches(batch_format="pyarrow", batch_size=None):
+            writer.add(batch)
+            progress.update(batch)
+            monitoring.record_clip_batch(batch)
+    writer.close()
+    log.info("%s", progress.line())
+    unprocessed = todo.num_rows - progress.done
+    if unprocessed:  # blocks Ray Data dropped under media.max_errored_blocks: not finished, the next run does them
+        log.warning("[build_saber] %d clips came back from no block (errored blocks, see Ray's log): they are not "
+                    "finished; run the same command again to process them", unprocessed)
+    run = {
+        "run_id": writer.run_id,
+        "processed": progress.done,
+        "skipped_already_done": skipped,
+        "duplicates_dropped": writer.duplicates_dropped,
+        "retryable_failures": writer.retries_recorded,
+        "unprocessed": unprocessed,
+        "seconds": round(progress.elapsed, 3),
+        "clips_per_s": round(progress.done / progress.elapsed, 4),
+        "media_seconds_per_s": round(progress.media_seconds / progress.elapsed, 4),
+    }
+    near_duplicates = mark_near_duplicates(config)
+    table = read_clip_table(config.output)
+    pending = writer.ledger.pending(table.column("clip_id").to_pylist())
+    if pending:
+        log.warning("[build_saber] %d clips failed for a reason of the world (API, storage, memory: see report.json "
+                    "`retry`) and are not finished: run the same command again to retry them", len(pending))
+    report = build_report(table, funnel_stages(config), run, pending)
+    if near_duplicates is not None:
+        report["near_duplicates"] = near_duplicates
+    report["splits"] = write_training_splits(config, table, writer.run_id)
+    write_report(config.output, report)
+    write_card(config.output, table, report)
+    return report
+
+
+def mark_near_duplicates(config: EngineConfig) -> dict[str, Any] | None:
+    """The global step before the splits (engine.dataset.neardup): groups over every finished clip of the output, all
+    runs, their verdicts written into clips/. Turned off, it only undoes the verdicts of earlier builds, if there are
+    any."""
+    started = time.monotonic()
+    if config.neardup.enabled:
+        found = neardup.find_duplicates(read_clip_table(config.output, neardup.FINGERPRINT_COLUMNS), config.neardup)
+    elif pc.any(pc.equal(read_clip_table(config.output, ["reject_stage"]).column(0), neardup.STAGE)).as_py():
+        found = neardup.Duplicates()
+    else:
+        return None
+    changed = neardup.apply_verdicts(config.output, found)
+    stats = {**found.stats, "rows_changed": changed, "seconds": round(time.monotonic() - started, 3)}
+    log.info("[build_saber] near-duplicates: %s", stats)
+    return stats
+
+
+def judge_relations(config: EngineConfig, pending: pa.Table, run_id: str) -> None:
+    """Verdicts saved every `flush_rows`, so a run killed while judging keeps what it paid for. A judge call the
+    API failed is saved as retryable (judged again by the next build) or, on its last attempt, gave_up."""
+    earlier = holdout.retry_counts(holdout.read_relations(config.output))
+    buffered: list[pa.Table] = []
+    part = 0
+    for batch in relation_plan(pending, config).iter_batches(batch_format="pyarrow", batch_size=None):
+        buffered.append(holdout.settle_relations(batch, earlier, config.max_attempts))
+        if sum(t.num_rows for t in buffered) >= config.flush_rows:
+            holdout.save_relations(config.output, run_id, pa.concat_tables(buffered), part)
+            buffered, part = [], part + 1
+    if buffered:
+        holdout.save_relations(config.output, run_id, pa.concat_tables(buffered), part)
+
+
+def write_training_splits(config: EngineConfig, table: pa.Table, run_id: str) -> dict[str, Any]:
+    """The global step after the stream: relation verdicts for clips without one, the SABER-Test split,
+    sed/ without the test recordings, and the exports."""
+    candidates = holdout.sed_candidates(table)
+    verdicts = None
+    if config.saber_test.enabled:
+        verdicts = holdout.latest_verdicts(holdout.read_relations(config.output))
+        pending = holdout.pending_for_judge(candidates, verdicts)
+        log.info("[build_saber] relation judge: %d clips to judge, %d judged by earlier runs",
+                 pending.num_rows, candidates.num_rows - pending.num_rows)
+        if pending.num_rows:
+            judge_relations(config, pending, run_id)
+            verdicts = holdout.latest_verdicts(holdout.read_relations(config.output))
+    splits = holdout.make_splits(candidates, verdicts, config.saber_test.per_subset,
+                                 hold_out_speakers=config.saber_test.hold_out_speakers,
+                                 merged_recordings=neardup.recording_groups(table))
+    holdout.write_splits(config.output, splits, with_test=config.saber_test.enabled)
+    log.info("[build_saber] splits: %s", splits.stats)
+    return splits.stats

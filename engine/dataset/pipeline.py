@@ -1,0 +1,258 @@
+"""The one module that turns stages into a Ray Data plan.
+
+Stages that need no model run chained inside one task (the clip bytes and decoded media never leave the
+worker between them); stages that load a model get an actor pool so the model loads once per actor.
+Each pool's resources come from the config, so the autoscaler can scale CPU and GPU pools separately.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import pyarrow as pa
+import ray
+import ray.data
+
+from engine.core import storage
+from engine.core.config import BackendConfig, EngineConfig, PoolConfig
+from engine.core.schema import CLIP_SCHEMA, WORK_SCHEMA, new_row, rows_to_table
+from engine.models.backends.base import ChatBackend
+from engine.stages.annotation_check import AnnotationCheckStage
+from engine.stages.asr import AsrWerFilterStage
+from engine.stages.base import Row
+from engine.stages.decode import DecodeStage
+from engine.stages.fingerprint import FingerprintStage
+from engine.stages.noise import NoiseFilterStage
+from engine.stages.probe import ProbeStage
+
+StageFactory = Callable[[], Callable[[list[Row]], list[Row]]]
+
+
+def funnel_stages(config: EngineConfig) -> list[str]:
+    """Stage names in plan order, as they appear in reject_stage and in the report's funnel."""
+    names = ["annotation", "probe", "decode"]
+    names += ["noise"] if config.noise.enabled else []
+    names += ["fingerprint"] if config.neardup.enabled else []
+    names += ["annotate"] if config.annotate.enabled else []
+    names += ["asr"] if config.asr.enabled else []
+    names += ["describe"] if config.describe.enabled else []
+    names += ["consistency"] if config.consistency.enabled else []
+    names += ["neardup"] if config.neardup.enabled else []  # after the stream: engine.dataset.neardup
+    return names
+
+
+def stage_backend(config: EngineConfig, backend: BackendConfig, stage: str) -> ChatBackend:
+    """The stage's backend; an HTTP one without a cache_dir caches under OUTPUT/cache/<stage>, so a rerun
+    or a resume never pays for the same answer twice unless told otherwise."""
+    from engine.models.backends.factory import make_backend
+
+    if backend.kind == "http" and backend.http.cache_dir is None:
+        http = backend.http.model_copy(update={"cache_dir": storage.join(config.output, "cache", stage)})
+        backend = backend.model_copy(update={"http": http})
+    return make_backend(backend)
+
+
+def annotate_stage(config: EngineConfig) -> Callable[[list[Row]], list[Row]]:
+    from engine.stages.annotate import AnnotateStage
+
+    backend = stage_backend(config, config.annotate.backend, "annotate")
+    return AnnotateStage(backend, max_tokens=config.annotate.max_tokens)
+
+
+def describe_stage(config: EngineConfig) -> Callable[[list[Row]], list[Row]]:
+    from engine.stages.describe import DescribeStage
+
+    return DescribeStage(stage_backend(config, config.describe.backend, "describe"),
+                         max_tokens=config.describe.max_tokens)
+
+
+def consistency_stage(config: EngineConfig) -> Callable[[list[Row]], list[Row]]:
+    cfg = config.consistency
+    if cfg.method == "judge":
+        from engine.stages.judge import ConsistencyJudgeStage
+
+        return ConsistencyJudgeStage(stage_backend(config, cfg.judge.backend, "consistency"),
+                                     min_score=cfg.min_judge_score)
+    from engine.stages.consistency import EmbeddingConsistencyStage
+
+    return EmbeddingConsistencyStage(cfg)
+
+
+def relation_stage(config: EngineConfig) -> Callable[[list[Row]], list[Row]]:
+    from engine.stages.relation import RelationJudgeStage
+
+    judge = config.saber_test.judge
+    return RelationJudgeStage(stage_backend(config, judge.backend, "relation"), max_tokens=judge.max_tokens)
+
+
+def model_pools(config: EngineConfig) -> list[tuple[str, StageFactory, PoolConfig]]:
+    """(stage, factory, pool) after the media tasks, in plan order (annotate must precede the ASR-WER check)."""
+    res = config.resources
+    pools: list[tuple[str, StageFactory, PoolConfig]] = []
+    if config.annotate.enabled:
+        pools.append(("annotate", partial(annotate_stage, config), config.annotate.pool))
+    if config.asr.enabled:
+        asr_pool = PoolConfig(concurrency=res.asr_concurrency, num_cpus=res.asr_num_cpus,
+                              num_gpus=res.asr_num_gpus, batch_size=res.asr_batch_size)
+        pools.append(("asr", partial(AsrWerFilterStage, config.asr), asr_pool))
+    if config.describe.enabled:
+        pools.append(("describe", partial(describe_stage, config), config.describe.pool))
+    if config.consistency.enabled:
+        pool = config.consistency.judge.pool if config.consistency.method == "judge" else config.consistency.pool
+        pools.append(("consistency", partial(consistency_stage, config), pool))
+    return pools
+
+
+def uses_vllm_batch(config: EngineConfig, stage: str) -> bool:
+    return stage == "describe" and config.describe.backend is not None and config.describe.backend.kind == "vllm"
+
+
+def add_vllm_describe(ds: ray.data.Dataset, config: EngineConfig) -> ray.data.Dataset:
+    """The describe stage as ray.data.llm's vLLM processor (its own GPU actor pool), rows in and out."""
+    from ray.data.llm import build_processor
+
+    from engine.models.backends.vllm_batch import describe_request, describe_result, processor_config
+
+    cfg, max_tokens = config.describe.backend.vllm, config.describe.max_tokens
+    processor = build_processor(
+        processor_config(cfg),
+        preprocess=partial(describe_request, max_tokens=max_tokens, temperature=cfg.temperature),
+        postprocess=lambda row: row,  # error rows skip postprocess: both kinds are mapped back below
+    )
+    return processor(ds).map_batches(
+        _vllm_results, fn_kwargs={"model_id": cfg.model_source, "convert": describe_result},
+        batch_format="pyarrow", udf_modifying_row_count=False)
+
+
+def _vllm_results(table: pa.Table, model_id: str, convert: Callable[[Row, str], Row]) -> pa.Table:
+    return rows_to_table([convert(row, model_id) for row in table.to_pylist()], WORK_SCHEMA)
+
+
+def media_stages(config: EngineConfig) -> list[StageFactory]:
+    factories: list[StageFactory] = [
+        AnnotationCheckStage,
+        lambda: ProbeStage(config.media),
+        lambda: DecodeStage(config.media),
+    ]
+    if config.noise.enabled:
+        factories.append(lambda: NoiseFilterStage(config.noise))
+    if config.neardup.enabled:  # last before the decoded media are dropped, and only for clips still kept
+        factories.append(FingerprintStage)
+    return factories
+
+
+def source_to_rows(table: pa.Table) -> list[Row]:
+    """Source listing rows (see engine.dataset.sources) expanded to full clip rows."""
+    return [new_row(rec.pop("source_uri"), **{k: v for k, v in rec.items() if k != "clip_id"})
+            for rec in table.to_pylist()]
+
+
+def _finish(rows: list[Row]) -> pa.Table:
+    for row in rows:
+        for key in [k for k in row if k.startswith("_")]:  # transient objects (fetched bytes) stay here
+            del row[key]
+    return rows_to_table(rows, WORK_SCHEMA)
+
+
+def run_media_chain(table: pa.Table, factories: list[StageFactory], expand_source: bool) -> pa.Table:
+    rows = source_to_rows(table) if expand_source else table.to_pylist()
+    for factory in factories:
+        rows = factory()(rows)
+    return _finish(rows)
+
+
+@dataclass
+class StageChain:
+    """A callable class for actor pools: builds its stages (loading models) once per actor."""
+
+    factories: list[StageFactory]
+
+    def __post_init__(self) -> None:
+        self.stages = [factory() for factory in self.factories]
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        rows = table.to_pylist()
+        for stage in self.stages:
+            rows = stage(rows)
+        return _finish(rows)
+
+
+def minimum_resources(config: EngineConfig) -> dict[str, float]:
+    """CPUs/GPUs the plan needs to run at all: every pool at its minimum size plus one media task."""
+    pools = [pool for stage, _, pool in model_pools(config) if not uses_vllm_batch(config, stage)]
+    need = {"CPU": config.resources.media_num_cpus + sum(p.concurrency[0] * p.num_cpus for p in pools),
+            "GPU": sum(p.concurrency[0] * p.num_gpus for p in pools)}
+    if uses_vllm_batch(config, "describe"):
+        need["GPU"] += config.describe.backend.vllm.concurrency[0] * vllm_gpus_per_engine(config.describe.backend.vllm)
+    return need
+
+
+def vllm_gpus_per_engine(cfg: Any) -> int:
+    """One engine replica spans tensor x pipeline parallel GPUs."""
+    kwargs = cfg.engine_kwargs
+    return int(kwargs.get("tensor_parallel_size", 1)) * int(kwargs.get("pipeline_parallel_size", 1))
+
+
+def table_blocks(table: pa.Table, block_rows: int) -> ray.data.Dataset:
+    """A dataset of `block_rows`-row blocks: the unit Ray Data schedules and hands back to the driver."""
+    return ray.data.from_arrow([table.slice(i, block_rows) for i in range(0, table.num_rows, block_rows)] or [table])
+
+
+def pool_map(ds: ray.data.Dataset, callable_class: type, constructor_kwargs: dict[str, Any],
+             pool: PoolConfig) -> ray.data.Dataset:
+    """One actor pool sized and resourced by `pool` (the model loads once per actor), rows in = rows out."""
+    return ds.map_batches(
+        callable_class,
+        fn_constructor_kwargs=constructor_kwargs,
+        batch_format="pyarrow",
+        batch_size=pool.batch_size,
+        num_cpus=pool.num_cpus,
+        num_gpus=pool.num_gpus,
+        compute=ray.data.ActorPoolStrategy(min_size=pool.concurrency[0], max_size=pool.concurrency[1]),
+        udf_modifying_row_count=False,
+    )
+
+
+def relation_plan(table: pa.Table, config: EngineConfig) -> ray.data.Dataset:
+    """Judge rows (engine.dataset.holdout.JUDGE_COLUMNS) -> one relation verdict row each, in an actor pool."""
+    from engine.dataset.holdout import RelationBatch
+
+    return pool_map(table_blocks(table, config.block_rows), RelationBatch,
+                    {"factory": partial(relation_stage, config)}, config.saber_test.judge.pool)
+
+
+def build_plan(source: pa.Table, config: EngineConfig) -> ray.data.Dataset:
+    """Source table -> dataset of clip-table rows (media columns dropped), one per source row."""
+    res = config.resources
+    # Blocks that may fail (their exception logged, their rows dropped) before the build stops. Every stage
+    # turns a bad clip into a rejected row, native media code runs in a child process (engine.core.isolation), and
+    # Ray retries tasks and actors on lost workers by itself, so an error that reaches Ray Data is a bug,
+    # possibly one that a rare clip triggers. Ray's default, 0, would let such a clip end a long build; no
+    # limit would let a bug that fails every block run through the whole input. media.max_errored_blocks
+    # (default 3) lies between: a systematic bug stops the build within a few blocks, and a dropped block's
+    # clips are simply not in clips/, so the next run processes them again. Set on the global context only
+    # while the first dataset is made: a dataset keeps a copy of the context it was created under.
+    context = ray.data.DataContext.get_current()
+    default, context.max_errored_blocks = context.max_errored_blocks, config.media.max_errored_blocks
+    try:
+        ds = table_blocks(source, config.block_rows)
+    finally:
+        context.max_errored_blocks = default
+    ds = ds.map_batches(
+        run_media_chain,
+        fn_kwargs={"factories": media_stages(config), "expand_source": True},
+        batch_format="pyarrow",
+        batch_size=res.media_batch_size,
+        num_cpus=res.media_num_cpus,
+        compute=ray.data.TaskPoolStrategy(size=res.media_concurrency[1]),
+        udf_modifying_row_count=False,
+    )
+    for stage, factory, pool in model_pools(config):
+        if uses_vllm_batch(config, stage):
+            ds = add_vllm_describe(ds, config)
+            continue
+        ds = pool_map(ds, StageChain, {"factories": [factory]}, pool)
+    return ds.select_columns(CLIP_SCHEMA.names)
