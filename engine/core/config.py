@@ -8,7 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from engine.core.config_base import ConfigError, ConfigSection, check_regex, dump_config, load_config, parse_overrides
 from engine.models.backends.http import HttpBackendConfig
-from engine.models.backends.local import LocalBackendConfig
+from engine.models.backends.local_config import LocalBackendConfig
 from engine.models.backends.vllm_batch import VllmBatchConfig
 
 __all__ = ["ConfigError", "ConfigSection", "EngineConfig", "dump_config", "load_config", "parse_overrides"]

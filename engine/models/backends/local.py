@@ -25,67 +25,23 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import groupby
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-from pydantic import Field, model_validator
 
-from engine.core.config_base import ConfigSection
 from engine.models.backends.base import ChatRequest, ChatResult, UsageLog
+from engine.models.backends.local_config import MIN_PIXELS, LocalBackendConfig, resolve_model_path
 from engine.models.backends.media_parts import MediaPartError, decode_audio, decode_frames, is_audio_part, is_image_part
 from engine.models.constrained import JsonSchemaDecoding
 
-# torch and transformers are imported where a model is loaded or run, not here: engine.core.config imports this module
-# for LocalBackendConfig, and every media task, driver and API-stage actor imports the config (~3 s each on 2 cores).
+# torch and transformers are imported where a model is loaded or run, not here: importing the backend (an API-stage
+# actor's factory, tests) should not cost ~3 s on 2 cores before it is used.
 if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger(__name__)
 _Media = TypeVar("_Media")
 _Decoded = TypeVar("_Decoded")
-
-Kind = Literal["qwen2_5_vl", "qwen2_5_omni", "causal_lm"]
-# `tiny-...:DIR` builds a tiny model of that kind into DIR first (CPU demo and tests).
-_TINY_KINDS: dict[str, Kind] = {"tiny-vl:": "qwen2_5_vl", "tiny-omni:": "qwen2_5_omni", "tiny-lm:": "causal_lm"}
-_MIN_PIXELS = 4 * 28 * 28  # one merged 2x2 patch block of 28x28 pixels: the least a frame can be
-
-
-class LocalBackendConfig(ConfigSection):
-    """A local transformers model and how to run it."""
-
-    model: str  # a folder or hub id, or tiny-vl:DIR / tiny-omni:DIR / tiny-lm:DIR
-    kind: Kind
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
-    batch_size: int = Field(4, ge=1)
-    max_pixels: int = Field(128 * 28 * 28, ge=_MIN_PIXELS)  # per frame, before the 2x2 patch merge
-    # The rate the engine sampled frames at (MediaConfig.fps): sets the video tokens' temporal RoPE positions.
-    frames_fps: float = Field(2.0, gt=0)
-    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] = "sdpa"
-    constrained_decoding: bool = True  # generate verdicts within their JSON Schema (engine.models.constrained)
-    # Caps every free string of a schema (characters): a random tiny model fills strings to their maxLength.
-    max_string_chars: int | None = Field(None, ge=1)
-
-    @model_validator(mode="after")
-    def _tiny_kind_matches(self) -> LocalBackendConfig:
-        for prefix, kind in _TINY_KINDS.items():
-            if self.model.startswith(prefix) and kind != self.kind:
-                raise ValueError(f"model {self.model!r} builds a {kind} model but kind is {self.kind!r}")
-        return self
-
-
-def resolve_model_path(model: str) -> str:
-    """A `tiny-...:DIR` spec → the built folder (cached); anything else is returned as is."""
-    from engine.devkit.tiny_models import build_tiny_omni
-    from engine.devkit.tiny_vl import build_tiny_causal_lm, build_tiny_qwen2_5_vl
-
-    builders = {"tiny-vl:": build_tiny_qwen2_5_vl, "tiny-omni:": build_tiny_omni, "tiny-lm:": build_tiny_causal_lm}
-    for prefix, build in builders.items():
-        if model.startswith(prefix):
-            return str(build(Path(model[len(prefix):]).expanduser().resolve()))
-    return model
-
 
 def _out_of_memory(err: RuntimeError) -> bool:
     """torch.OutOfMemoryError (CUDA; a RuntimeError subclass) or the CPU allocator's plain RuntimeError."""
@@ -350,7 +306,7 @@ def _visual(frames: list[np.ndarray], prompt: _Prompt) -> dict[str, str]:
 def _media_kwargs(chunk: list[_Prompt], config: LocalBackendConfig) -> dict[str, Any]:
     """images/videos/audio in placeholder order, with explicit sizes: the processors' class-level video
     defaults would otherwise override the saved config (and the per-frame pixel budget)."""
-    size = {"shortest_edge": _MIN_PIXELS, "longest_edge": config.max_pixels}
+    size = {"shortest_edge": MIN_PIXELS, "longest_edge": config.max_pixels}
     images = [image for prompt in chunk for image in prompt.images]
     videos = [video for prompt in chunk for video in prompt.videos]
     audios = [audio for prompt in chunk for audio in prompt.audios]
