@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from engine.core import fingerprints
 from engine.core.config import EngineConfig, NearDupConfig
 from engine.core.schema import new_row
 from engine.dataset import neardup
@@ -30,8 +31,8 @@ def fingerprint_cost(clips: list[Path], config: EngineConfig, repeats: int) -> d
     rows = [r for r in rows if r["status"] == "kept"]
     best = {"frames": float("inf"), "audio": float("inf")}
     for _ in range(repeats):
-        for part, run in (("frames", lambda r: neardup.frame_hashes(r["frames_jpeg"])),
-                          ("audio", lambda r: neardup.audio_fingerprint(covered_audio(r)))):
+        for part, run in (("frames", lambda r: fingerprints.frame_hashes(r["frames_jpeg"])),
+                          ("audio", lambda r: fingerprints.audio_fingerprint(covered_audio(r)))):
             started = time.perf_counter()
             for row in rows:
                 run(row)
@@ -44,12 +45,12 @@ def fingerprint_cost(clips: list[Path], config: EngineConfig, repeats: int) -> d
 def synthetic_clips(n: int, duration_s: float, seed: int = 0) -> pa.Table:
     """`n` kept clips with random fingerprints of a `duration_s` clip (8 frame hashes, its clean audio items)."""
     rng = np.random.default_rng(seed)
-    items = max(0, int(duration_s * neardup.items_per_second()) - 20)
+    items = max(0, int(duration_s * fingerprints.items_per_second()) - 20)
     return pa.table({
         "clip_id": [f"c{i:08d}" for i in range(n)], "dataset": ["synthetic"] * n, "status": ["kept"] * n,
         "reject_stage": pa.nulls(n, pa.string()), "width": [640] * n, "height": [360] * n,
         "duration_s": [duration_s] * n, "video_desc": ["v"] * n,
-        "frame_hashes": [rng.integers(0, 256, 8 * neardup.HASH_BYTES, dtype=np.uint8).tobytes() for _ in range(n)],
+        "frame_hashes": [rng.integers(0, 256, 8 * fingerprints.HASH_BYTES, dtype=np.uint8).tobytes() for _ in range(n)],
         "audio_fingerprint": [rng.integers(0, 2**32, items, dtype=np.uint64).astype("<u4").tobytes()
                               for _ in range(n)]})
 

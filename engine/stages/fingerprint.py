@@ -1,9 +1,9 @@
-"""Near-duplicate fingerprints, computed where the media is already decoded (engine.dataset.neardup compares them
-later)."""
+"""Near-duplicate fingerprints (engine.core.fingerprints), computed where the media is already decoded
+(engine.dataset.neardup compares them after the stream)."""
 
 from __future__ import annotations
 
-from engine.dataset.neardup import audio_fingerprint, frame_hashes
+from engine.core.fingerprints import audio_fingerprint, frame_hashes
 from engine.stages.base import Row, RowStage
 from engine.stages.noise import covered_audio
 

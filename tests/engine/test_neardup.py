@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from engine.core import fingerprints
 from engine.core.config import MediaConfig, NearDupConfig
 from engine.core.schema import AUDIO_SAMPLE_RATE, CLIP_SCHEMA, new_row
 from engine.dataset import holdout, neardup
@@ -122,15 +123,15 @@ def test_audio_ber_and_frame_distance_by_hand():
     x = rng.integers(0, 2**32, 40, dtype=np.uint64).astype("<u4")
     y = x[3:].copy()  # the copy starts 3 items later: trimmed
     y[:4] ^= np.uint32(0b1111)  # 4 bits wrong in each of 4 items: 16 of 37 * 32 bits
-    assert neardup.audio_ber(x.tobytes(), y.tobytes(), max_shift=5, min_overlap=10) == pytest.approx(16 / (37 * 32))
-    assert neardup.audio_ber(x.tobytes(), y.tobytes(), max_shift=2, min_overlap=10) > 0.3  # the shift is too far
+    assert fingerprints.audio_ber(x.tobytes(), y.tobytes(), max_shift=5, min_overlap=10) == pytest.approx(16 / (37 * 32))
+    assert fingerprints.audio_ber(x.tobytes(), y.tobytes(), max_shift=2, min_overlap=10) > 0.3  # the shift is too far
     frames = np.zeros((3, 8), np.uint8)
     other = frames.copy()
     other[0, 0], other[1, :2], other[2, :] = 0b1, 0b11, 0xFF  # 1, 4 and 64 bits from the all-zero frames
     # Each of `other`'s frames to its closest: 1, 4, 64 -> median 4; the other way, every zero frame is 1 away.
-    assert neardup.frame_distance(frames.tobytes(), other.tobytes()) == 1.0
+    assert fingerprints.frame_distance(frames.tobytes(), other.tobytes()) == 1.0
     # From other[1:] (4 and 64 bits away) the median is 34; from the one zero frame, 4: the better side counts.
-    assert neardup.frame_distance(other[1:].tobytes(), frames[:1].tobytes()) == 4.0
+    assert fingerprints.frame_distance(other[1:].tobytes(), frames[:1].tobytes()) == 4.0
 
 
 def test_verdicts_are_written_into_clips_and_undone(fingerprinted, tmp_path):
