@@ -20,6 +20,7 @@ from engine.core import storage
 from engine.core.config import BackendConfig, EngineConfig, PoolConfig
 from engine.core.schema import CLIP_SCHEMA, WORK_SCHEMA, new_row, rows_to_table
 from engine.models.backends.base import ChatBackend
+from engine.models.backends.vllm_batch import VllmBatchConfig
 from engine.stages.annotation_check import AnnotationCheckStage
 from engine.stages.asr import AsrWerFilterStage
 from engine.stages.base import Row
@@ -114,7 +115,7 @@ def add_vllm_describe(ds: ray.data.Dataset, config: EngineConfig) -> ray.data.Da
     """The describe stage as ray.data.llm's vLLM processor (its own GPU actor pool), rows in and out."""
     from ray.data.llm import build_processor
 
-    from engine.models.backends.vllm_batch import describe_request, describe_result, processor_config
+    from engine.stages.describe_vllm import describe_request, describe_result
 
     cfg, max_tokens = config.describe.backend.vllm, config.describe.max_tokens
     processor = build_processor(
@@ -125,6 +126,26 @@ def add_vllm_describe(ds: ray.data.Dataset, config: EngineConfig) -> ray.data.Da
     return processor(ds).map_batches(
         _vllm_results, fn_kwargs={"model_id": cfg.model_source, "convert": describe_result},
         batch_format="pyarrow", udf_modifying_row_count=False)
+
+
+def processor_config(config: VllmBatchConfig) -> Any:
+    """The `vLLMEngineProcessorConfig`. Errors stay per row (`should_continue_on_error`): one clip that vLLM
+    cannot take (too many frames for the context, a corrupt image) becomes a rejection, not a failed job."""
+    from ray.data.llm import vLLMEngineProcessorConfig
+
+    engine_kwargs = dict(config.engine_kwargs)
+    if config.structured_outputs_backend != "auto":
+        engine_kwargs["structured_outputs_config"] = {"backend": config.structured_outputs_backend}
+    return vLLMEngineProcessorConfig(
+        model_source=config.model_source,
+        engine_kwargs=engine_kwargs,
+        concurrency=config.concurrency,
+        batch_size=config.batch_size,
+        accelerator_type=config.accelerator_type,
+        max_concurrent_batches=config.max_concurrent_batches,
+        prepare_multimodal_stage=True,  # turns the image_url data URLs into images for vLLM
+        should_continue_on_error=True,
+    )
 
 
 def _vllm_results(table: pa.Table, model_id: str, convert: Callable[[Row, str], Row]) -> pa.Table:

@@ -10,17 +10,12 @@ from PIL import Image
 
 from engine.core.config import ConfigError, EngineConfig, load_config
 from engine.core.schema import WORK_SCHEMA, new_row, reject
-from engine.dataset.pipeline import minimum_resources
+from engine.dataset.pipeline import minimum_resources, processor_config
 from engine.devkit.tiny_vl import build_tiny_qwen2_5_vl
-from engine.models.backends.vllm_batch import (
-    ERROR_COLUMN,
-    VllmBatchConfig,
-    describe_request,
-    describe_result,
-    processor_config,
-)
+from engine.models.backends.vllm_batch import ERROR_COLUMN, VllmBatchConfig
 from engine.models.prompts import DESCRIBE
 from engine.stages.describe import DescribeStage
+from engine.stages.describe_vllm import describe_request, describe_result
 from tests.conftest import CACHE
 
 
