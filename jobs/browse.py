@@ -5,7 +5,7 @@
 
 Filter the clips (status, stage, reason, corpus, language, emotion, relation), open one to see its frames, hear
 its audio, read its annotation, transcript diff, description, scores and provenance, and mark it keep / drop /
-note. Marks go to a JSON Lines file (default OUT/curation.jsonl; format and reader: engine/browse.py); the
+note. Marks go to a JSON Lines file (default OUT/curation.jsonl; format and reader: engine/dataset/browse.py); the
 build's data are never written. Bound to 127.0.0.1 unless --host says otherwise: the page has no login.
 """
 
@@ -21,7 +21,7 @@ if __package__ in (None, ""):
 
 from werkzeug.serving import run_simple  # noqa: E402
 
-from engine.browse import LOOPBACK, PreviewSettings, create_app  # noqa: E402
+from engine.dataset.browse import LOOPBACK, PreviewSettings, create_app  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

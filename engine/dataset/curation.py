@@ -1,4 +1,4 @@
-"""Curation marks: what a person decided about clips in the data browser (engine.browse), for the next build.
+"""Curation marks: what a person decided about clips in the data browser (engine.dataset.browse), for the next build.
 
 A JSON Lines file (default OUT/curation.jsonl, or any path, local or s3://), one mark a line:
 `{"clip_id", "action": "keep" | "drop" | "note", "note", "source_uri", "marked_at"}`, appended, never rewritten.

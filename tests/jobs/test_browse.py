@@ -1,5 +1,5 @@
-"""The data browser (engine.browse, jobs/browse.py) and its curation file (engine.dataset.curation): the API through
-Flask's test client on a small build written by hand with the real clips/ and relations/ schemas over the small
+"""The data browser (engine.dataset.browse, jobs/browse.py) and its curation file (engine.dataset.curation): the API
+through Flask's test client on a small build written by hand with the real clips/ and relations/ schemas over the small
 generated set's media (filters worked out by hand), the curation file and its reader, the same build on S3 (moto),
 and the page in a real headless chromium."""
 
@@ -18,10 +18,10 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from engine.browse import create_app
 from engine.core import storage
 from engine.core.parts import write_parquet_whole
 from engine.core.schema import CLIP_SCHEMA, new_row, reject
+from engine.dataset.browse import create_app
 from engine.dataset.curation import CurationDecision, CurationMark, append_mark, apply_curation, read_curation
 from engine.dataset.holdout import RELATION_SCHEMA
 from engine.dataset.writer import read_clip_table
