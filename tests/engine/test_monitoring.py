@@ -28,6 +28,10 @@ from engine.ops import monitoring
 from tests.conftest import start_local_ray
 from tests.jobs.helpers import REPO
 
+# One pytest-xdist worker for the module: `metrics_port` restarts that worker's Ray (~12 s with the restart of the
+# shared one after it), and with the tests handed out one by one both workers were seen paying for it.
+pytestmark = pytest.mark.xdist_group("monitoring")
+
 OK = ChatResult(text="{}", error=None, prompt_tokens=50, completion_tokens=10, attempts=1)
 HIT = ChatResult(text="{}", error=None, prompt_tokens=50, completion_tokens=10, cached=True)
 FAILED = ChatResult(text=None, error="rate_limited", attempts=6)
