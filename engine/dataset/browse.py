@@ -46,6 +46,7 @@ from engine.dataset.curation import (
     append_mark,
     check_curation_path,
     default_curation_path,
+    json_or_text,
     read_curation,
     read_marks,
 )
@@ -140,8 +141,8 @@ def clip_detail(build: Build, clip_id: str) -> dict[str, Any]:
         "row": {key: _jsonable(value) for key, value in row.items()},
         "annotation": {name: row[name] for name in ANNOTATION_FIELDS},
         "transcript": transcript_diff(speech, row["asr_text"] or "", row["lang"]) if row["asr_text"] else None,
-        "provenance": _json_or_text(row["provenance"]),
-        "corpus_extras": _json_or_text(row["corpus_extras"]),
+        "provenance": json_or_text(row["provenance"]),
+        "corpus_extras": json_or_text(row["corpus_extras"]),
         "relation": {k: _jsonable(v) for k, v in build.relations[clip_id].items()}
         if clip_id in build.relations else None,
     }
@@ -153,15 +154,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, bytes):
         return f"<{len(value)} bytes>"
     return value
-
-
-def _json_or_text(value: str | None) -> Any:
-    if not value:
-        return None
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError:
-        return value
 
 
 # ---- the transcript against the annotated speech ------------------------------------------------------------

@@ -129,7 +129,7 @@ def apply_curation(table: pa.Table, decisions: Mapping[str, CurationDecision]) -
                 log.warning("curation: clip %s kept by a curator has no usable media (%s/%s); left rejected",
                             row["clip_id"], row["reject_stage"], row["reject_reason"])
                 continue
-            provenance = _json_or_text(row.get("provenance")) or {}
+            provenance = json_or_text(row.get("provenance")) or {}
             provenance = provenance if isinstance(provenance, dict) else {"earlier": provenance}
             provenance["curation"] = f"kept over {row['reject_stage']}/{row['reject_reason']}" + (
                 f": {note}" if note else "")
@@ -138,7 +138,8 @@ def apply_curation(table: pa.Table, decisions: Mapping[str, CurationDecision]) -
     return pa.Table.from_pylist(rows, schema=table.schema)
 
 
-def _json_or_text(value: str | None) -> Any:
+def json_or_text(value: str | None) -> Any:
+    """A JSON column's value parsed, or the text as it is where it is not JSON."""
     if not value:
         return None
     try:
