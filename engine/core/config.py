@@ -272,6 +272,10 @@ class EngineConfig(ConfigSection):
     # Runs in which a clip may fail for a reason of the world (engine.core.failures: API outage, storage errors, out
     # of memory, a bug) before it is recorded as `gave_up`; each earlier failure waits in attempts/clips/.
     max_attempts: int = Field(3, ge=1)
+    # A curation file written in the data browser (jobs/browse.py; local or s3://): its keep/drop marks are applied to
+    # the finished clips before the report and the splits (engine.dataset.curation). clips/ keeps the automatic
+    # verdicts, so a build without it undoes them.
+    curation: str | None = None
     ray_address: str | None = None
     media: MediaConfig = MediaConfig()
     noise: NoiseConfig = NoiseConfig()

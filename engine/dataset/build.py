@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 from engine.core import storage
 from engine.core.config import EngineConfig, dump_config
 from engine.core.failures import RETRYABLE
-from engine.dataset import holdout, neardup
+from engine.dataset import curation, holdout, neardup
 from engine.dataset.card import write_card
 from engine.dataset.pipeline import build_plan, funnel_stages, minimum_resources, relation_plan
 from engine.dataset.report import build_report, write_report
@@ -124,7 +124,7 @@ def run_build(config: EngineConfig) -> dict[str, Any]:
         "media_seconds_per_s": round(progress.media_seconds / progress.elapsed, 4),
     }
     near_duplicates = mark_near_duplicates(config)
-    table = read_clip_table(config.output)
+    table, curated = curate(config, read_clip_table(config.output))
     pending = writer.ledger.pending(table.column("clip_id").to_pylist())
     if pending:
         log.warning("[build_saber] %d clips failed for a reason of the world (API, storage, memory: see report.json "
@@ -132,6 +132,8 @@ def run_build(config: EngineConfig) -> dict[str, Any]:
     report = build_report(table, funnel_stages(config), run, pending)
     if near_duplicates is not None:
         report["near_duplicates"] = near_duplicates
+    if curated is not None:
+        report["curation"] = curated
     report["splits"] = write_training_splits(config, table, writer.run_id)
     write_report(config.output, report)
     write_card(config.output, table, report)
@@ -153,6 +155,23 @@ def mark_near_duplicates(config: EngineConfig) -> dict[str, Any] | None:
     stats = {**found.stats, "rows_changed": changed, "seconds": round(time.monotonic() - started, 3)}
     log.info("[build_saber] near-duplicates: %s", stats)
     return stats
+
+
+def curate(config: EngineConfig, table: pa.Table) -> tuple[pa.Table, dict[str, Any] | None]:
+    """The finished clips with a curator's keep/drop marks applied (config.curation, written by jobs/browse.py), and
+    what they changed; the table as it is without a curation file."""
+    if not config.curation:
+        return table, None
+    decisions = curation.read_curation(config.curation)
+    curated = curation.apply_curation(table, decisions)
+    before, after = table.column("status").to_pylist(), curated.column("status").to_pylist()
+    known = set(table.column("clip_id").to_pylist())
+    stats = {"file": config.curation, "marked": len(decisions),
+             "dropped": sum(b == "kept" and a == "rejected" for b, a in zip(before, after, strict=True)),
+             "kept_over_rejection": sum(b == "rejected" and a == "kept" for b, a in zip(before, after, strict=True)),
+             "unknown_clips": sorted(set(decisions) - known)[:20]}
+    log.info("[build_saber] curation: %s", stats)
+    return curated, stats
 
 
 def judge_relations(config: EngineConfig, pending: pa.Table, run_id: str) -> None:

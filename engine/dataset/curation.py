@@ -3,9 +3,9 @@
 A JSON Lines file (default OUT/curation.jsonl, or any path, local or s3://), one mark a line:
 `{"clip_id", "action": "keep" | "drop" | "note", "note", "source_uri", "marked_at"}`, appended, never rewritten.
 `read_curation` gives one decision a clip (the last keep/drop wins, notes accumulate) and `apply_curation` forces it
-on a clips/ table: a build that takes a `curation=PATH` option calls it on its finished rows before writing sed/ and
-saber_test/ (not wired into engine.dataset.build yet). Kept apart from the browser so a build applies marks without
-importing Flask.
+on a clips/ table: a build run with `curation=PATH` (engine.dataset.build.curate) applies it to the finished clips
+before the report, sed/ and saber_test/; clips/ keeps the automatic verdicts. Kept apart from the browser so a build
+applies marks without importing Flask.
 """
 
 from __future__ import annotations

@@ -42,6 +42,7 @@ def funnel_stages(config: EngineConfig) -> list[str]:
     names += ["describe"] if config.describe.enabled else []
     names += ["consistency"] if config.consistency.enabled else []
     names += ["neardup"] if config.neardup.enabled else []  # after the stream: engine.dataset.neardup
+    names += ["curation"] if config.curation else []  # a curator's drops (engine.dataset.curation)
     return names
 
 

@@ -213,6 +213,37 @@ def test_curation_reader_and_apply(build, tmp_path):
         read_curation(str(tmp_path / "bad.jsonl"))
 
 
+def test_a_build_with_curation_applies_it_before_the_report_and_the_splits(build, tmp_path):
+    """What run_build does with `curation=PATH` (engine.dataset.build.curate), on the hand-made build: the marks change
+    the table the report and the splits read, clips/ on disk keeps the automatic verdicts."""
+    from engine.core.config import EngineConfig, load_config
+    from engine.dataset.build import curate
+    from engine.dataset.holdout import sed_candidates
+    from engine.dataset.pipeline import funnel_stages
+    from engine.dataset.report import build_report
+
+    out, ids = build
+    path = str(tmp_path / "curation.jsonl")
+    for mark in [CurationMark(ids["good_001"], "drop", "face does not match"),
+                 CurationMark(ids["wrong_transcript_000"], "keep"), CurationMark(ids["not_a_video_000"], "keep"),
+                 CurationMark("not-in-this-build", "drop")]:
+        append_mark(path, mark)
+    on_disk = read_clip_table(str(out))
+    config = load_config(EngineConfig, REPO / "jobs" / "configs" / "demo.yaml",
+                         [f"input={out}", f"output={out}", f"curation={path}"])
+    table, stats = curate(config, on_disk)
+    assert stats == {"file": path, "marked": 4, "dropped": 1, "kept_over_rejection": 1,
+                     "unknown_clips": ["not-in-this-build"]}
+    # Kept before: good_000, good_001; now good_000 and wrong_transcript_000 (the probe rejection has no media).
+    assert set(sed_candidates(table).column("clip_id").to_pylist()) == {ids["good_000"], ids["wrong_transcript_000"]}
+    report = build_report(table, funnel_stages(config), {})
+    assert report["funnel"][-1] == {"stage": "curation", "remaining": 2, "rejected": 1}
+    assert report["rejected_by_reason"]["curation/curated_drop"] == 1 and report["kept"] == 2
+    assert read_clip_table(str(out)).equals(on_disk)  # clips/ untouched
+    no_file = load_config(EngineConfig, REPO / "jobs" / "configs" / "demo.yaml", [f"input={out}", f"output={out}"])
+    assert curate(no_file, on_disk) == (on_disk, None) and "curation" not in funnel_stages(no_file)
+
+
 def test_browse_an_s3_build(moto_s3, small_set, tmp_path):
     """clips/, relations/, the media and the curation file on S3, all through engine.core.storage."""
     fs = storage.filesystem("s3://saber-test")
