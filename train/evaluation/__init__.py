@@ -1,5 +1,9 @@
-"""Evaluation harness pieces without models: metrics (`metrics`), answer parsers (`parsers`) and the published
-numbers a model is charted beside (`reference/*.json`, read with `load_reference`).
+"""The evaluation harness: benchmarks and their manifests (`benchmarks`, `manifests`), prompts, answer parsers
+(`parsers`), judges (`judging`), metrics (`metrics`, `judge_metrics`), the run (`config`, `runner`: answers and
+judgments through engine.dataset.pipeline's actor pools, resumable) and its report (`report`), and the published
+numbers a model is charted beside (`reference/*.json`, read with `load_reference`). May import engine and
+train.core, train.data, train.inference, train.mosear; never Ray directly (the runner asks the engine's pipeline for
+its pools).
 
 Each reference file holds one table of one seed paper:
 `{"benchmark", "source": "<paper> Table N", "metric", "unit", "columns": {key: printed header}, "models":

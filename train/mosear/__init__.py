@@ -1,5 +1,6 @@
 """MoSEAR (seeds/mosear-paper.txt): MoSE experts for training and attention reallocation (AR) for inference,
-attached to a loaded Qwen2.5-Omni thinker. See attach.py for how the token masks reach the layers."""
+attached to a loaded Qwen2.5-Omni thinker. See attach.py for how the token masks reach the layers. May import
+torch and transformers, and train.core; no Ray, no engine."""
 
 from train.mosear.attach import (
     attach_mose,

@@ -6,6 +6,7 @@
 jobs/prepare_corpora.py is the command line. Layout of the package: `spec` (the YAML model), `adapter` (the
 generic adapter every built-in corpus is an instance of), `labels` (label file readers), `emotions` (the one
 mapping to the unified emotion label), `manifest` (writing the manifest and its report), `specs/` (built-ins).
+May import engine.core; no Ray (a manifest is a Parquet file that build_saber reads).
 """
 
 from engine.dataset.corpora.adapter import CorpusError, CorpusResult, prepare_corpus
