@@ -23,11 +23,9 @@ loopback (DNS rebinding).
 from __future__ import annotations
 
 import difflib
-import io
 import json
 import logging
 import threading
-import wave
 from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -35,7 +33,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from flask import Flask, abort, jsonify, request, send_from_directory
 
 from engine.core import media, storage
@@ -52,6 +49,7 @@ from engine.dataset.curation import (
 )
 from engine.dataset.holdout import latest_verdicts, read_relations
 from engine.dataset.writer import read_clip_table
+from engine.models.backends.media_parts import wav_bytes
 
 log = logging.getLogger(__name__)
 
@@ -219,19 +217,6 @@ class MediaCache:
             return err
         except FileNotFoundError as err:
             return media.MediaError("missing_source", str(err))
-
-
-def wav_bytes(pcm_f32le: bytes, sample_rate: int = AUDIO_SAMPLE_RATE) -> bytes:
-    """16-bit mono WAV of little-endian float32 PCM (what a decoded clip holds)."""
-    samples = np.frombuffer(pcm_f32le, dtype="<f4")
-    pcm16 = (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2")
-    out = io.BytesIO()
-    with wave.open(out, "wb") as handle:
-        handle.setnchannels(1)
-        handle.setsampwidth(2)
-        handle.setframerate(sample_rate)
-        handle.writeframes(pcm16.tobytes())
-    return out.getvalue()
 
 
 # ---- the web app ---------------------------------------------------------------------------------------------

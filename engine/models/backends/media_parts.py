@@ -39,8 +39,8 @@ def frame_parts(frames_jpeg: list[bytes]) -> list[dict[str, Any]]:
             for frame in frames_jpeg]
 
 
-def audio_part(pcm_f32le: bytes, sample_rate: int = SAMPLE_RATE) -> dict[str, Any]:
-    """One input_audio part: float32 little-endian mono PCM → 16-bit WAV (what chat APIs accept) → base64."""
+def wav_bytes(pcm_f32le: bytes, sample_rate: int = SAMPLE_RATE) -> bytes:
+    """Float32 little-endian mono PCM (what a decoded clip holds) as a 16-bit mono WAV file."""
     samples = np.frombuffer(pcm_f32le, dtype="<f4")
     # Round to nearest; +1.0 would be 32768, one past int16's range, hence the clip.
     pcm16 = np.clip(np.rint(samples * _INT16_SCALE), -32768, 32767).astype("<i2")
@@ -50,7 +50,12 @@ def audio_part(pcm_f32le: bytes, sample_rate: int = SAMPLE_RATE) -> dict[str, An
         wav.setsampwidth(2)
         wav.setframerate(sample_rate)
         wav.writeframes(pcm16.tobytes())
-    return {"type": "input_audio", "input_audio": {"data": _b64(buffer.getvalue()), "format": "wav"}}
+    return buffer.getvalue()
+
+
+def audio_part(pcm_f32le: bytes, sample_rate: int = SAMPLE_RATE) -> dict[str, Any]:
+    """One input_audio part: float32 little-endian mono PCM → 16-bit WAV (what chat APIs accept) → base64."""
+    return {"type": "input_audio", "input_audio": {"data": _b64(wav_bytes(pcm_f32le, sample_rate)), "format": "wav"}}
 
 
 def media_key(frames_jpeg: list[bytes], pcm: bytes | None) -> str:
