@@ -24,6 +24,8 @@ from engine.models.verdicts import (
     scores_schema,
 )
 from engine.stages.relation import RelationJudgeStage
+from train.evaluation.judging import EmerJudgeStage, SaberTestJudgeStage
+from train.evaluation.parsers import parse_emer_verdict, parse_saber_test_verdict
 from train.preferences.judge import PREFERENCE_SCHEMA, parse_judge_score
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -33,6 +35,8 @@ PARSERS = {
     "consistency": (CONSISTENCY_SCHEMA, parse_consistency),
     "preference": (PREFERENCE_SCHEMA, parse_judge_score),
     "annotation": (ANNOTATION_SCHEMA, lambda text: flatten_annotation(parse_json_object(text))),
+    "saber_test_judge": (SaberTestJudgeStage.schema, parse_saber_test_verdict),
+    "emer_judge": (EmerJudgeStage.schema, parse_emer_verdict),
 }
 
 
@@ -120,6 +124,19 @@ def test_relation_stage_on_the_tiny_judge_accepts_every_row(lm: TransformersChat
     assert [row["status"] for row in rows] == ["kept"] * 6
     assert {row["av_relation"] for row in rows} <= {"consistent", "inconsistent"}
     assert all(0 <= row["av_intensity"] <= 10 for row in rows)
+
+
+def test_saber_test_judge_stage_on_the_tiny_judge_scores_every_answer(lm: TransformersChatBackend) -> None:
+    fields = ("video_desc", "speech_content", "acoustic_feat", "facial_exp_desc", "body_lang_desc",
+              "sentiment_analysis")
+    rows = [{"item_id": f"i{i}", "answer": f"The person looks happy {i}.", "answer_status": "ok", "status": "kept",
+             "reject_stage": None, "reject_reason": None, "reject_detail": None, "provenance": None,
+             **{k: f"{k} {i}" for k in fields}} for i in range(4)]
+    SaberTestJudgeStage(lm, max_tokens=256)(rows)  # six long keys: about 190 characters
+    assert [row["status"] for row in rows] == ["kept"] * 4
+    for row in rows:
+        scores = json.loads(row["judge_scores"])
+        assert len(scores) == 6 and all(0 <= v <= 3 for v in scores.values())
 
 
 def test_request_key_changes_only_with_a_schema() -> None:

@@ -16,10 +16,12 @@ from typing import Any, ClassVar
 import pyarrow as pa
 
 from engine.core.schema import ANNOTATION_FIELDS
-from engine.models.backends.base import ChatBackend, ChatRequest
+from engine.models.backends.base import ChatBackend, ChatRequest, ResponseSchema
+from engine.models.verdicts import scores_schema
 from engine.stages.base import Row
 from engine.stages.model_stage import BatchedModelStage
 from train.evaluation import prompts
+from train.evaluation.judge_metrics import EMER_CRITERIA, EMER_SCORE_RANGE, SABER_TEST_DIMENSIONS, SABER_TEST_SCORE_RANGE
 from train.evaluation.parsers import parse_emer_verdict, parse_saber_test_verdict
 
 JUDGMENT_SCHEMA = pa.schema([
@@ -42,6 +44,9 @@ class AnswerJudgeStage(BatchedModelStage):
     requires: ClassVar[tuple[str, ...]] = ("item_id", "answer", "answer_status")
     produces = ("judge_scores", "judge_raw", "provenance")
     parse: ClassVar[Callable[[str | None], dict[str, int]]]
+    # The verdict's JSON Schema: backends that constrain decoding (local xgrammar, vLLM, HTTP json_schema) can
+    # only write what `parse` accepts; the strict parser and the repair re-ask stay for APIs that ignore it.
+    schema: ClassVar[ResponseSchema]
 
     def __init__(self, backend: ChatBackend, max_tokens: int = 256) -> None:
         super().__init__(backend)
@@ -59,7 +64,7 @@ class AnswerJudgeStage(BatchedModelStage):
 
     def request(self, row: Row) -> ChatRequest:
         return ChatRequest([{"role": "user", "content": self.prompt_text(row)}], max_tokens=self.max_tokens,
-                           json_mode=True, tag=self.name)
+                           json_mode=True, response_schema=type(self).schema, tag=self.name)
 
     def accept(self, row: Row, text: str) -> None:
         row["judge_raw"] = text[:_RAW_CHARS]
@@ -71,6 +76,7 @@ class SaberTestJudgeStage(AnswerJudgeStage):
     prompt = prompts.SABER_TEST_JUDGE
     requires = (*AnswerJudgeStage.requires, *ANNOTATION_FIELDS)
     parse = staticmethod(parse_saber_test_verdict)
+    schema = scores_schema("saber_test_scores", SABER_TEST_DIMENSIONS, *SABER_TEST_SCORE_RANGE)
 
     def prompt_text(self, row: Row) -> str:
         return prompts.saber_test_judge_text(row, row["answer"] or "")
@@ -81,6 +87,7 @@ class EmerJudgeStage(AnswerJudgeStage):
     prompt = prompts.EMER_JUDGE
     requires = (*AnswerJudgeStage.requires, "reference", "gold_labels")
     parse = staticmethod(parse_emer_verdict)
+    schema = scores_schema("emer_scores", EMER_CRITERIA, *EMER_SCORE_RANGE)
 
     def prompt_text(self, row: Row) -> str:
         return prompts.emer_judge_text(row, row["answer"] or "")
