@@ -263,6 +263,17 @@ def test_judge_scores_repairs_once_and_records_failures():
     assert all(r.json_mode and r.temperature == 0 for r in backend.requests)
 
 
+def test_judge_temperature_is_greedy_unless_configured():
+    query = empty_query(clip_id="q", av_relation="consistent", **ANNOTATION, responses=["an answer"])
+    [row] = judge_rows(query)
+    backend = ScriptedBackend(lambda r: "")
+    assert PreferenceJudgeStage(backend).request(row).temperature == 0.0
+    assert PreferenceJudgeStage(backend, temperature=1.0).request(row).temperature == 1.0
+    demo = load_config(PreferenceConfig, "jobs/configs/prefs_demo.yaml", [])
+    assert demo.judge.temperature == 1.0 and demo.judge.max_tokens == 128  # the random demo judge samples
+    assert load_config(PreferenceConfig, "jobs/configs/prefs_production.yaml", []).judge.temperature == 0.0
+
+
 # -- AVEm ---------------------------------------------------------------------------------------------------------
 def test_writer_parsing_is_strict():
     chosen = sed_text()

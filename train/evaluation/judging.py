@@ -21,7 +21,12 @@ from engine.models.verdicts import scores_schema
 from engine.stages.base import Row
 from engine.stages.model_stage import BatchedModelStage
 from train.evaluation import prompts
-from train.evaluation.judge_metrics import EMER_CRITERIA, EMER_SCORE_RANGE, SABER_TEST_DIMENSIONS, SABER_TEST_SCORE_RANGE
+from train.evaluation.judge_metrics import (
+    EMER_CRITERIA,
+    EMER_SCORE_RANGE,
+    SABER_TEST_DIMENSIONS,
+    SABER_TEST_SCORE_RANGE,
+)
 from train.evaluation.parsers import parse_emer_verdict, parse_saber_test_verdict
 
 JUDGMENT_SCHEMA = pa.schema([

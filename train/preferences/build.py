@@ -93,7 +93,7 @@ def preference_plan(queries: pa.Table, config: PreferenceConfig, model_path: str
     ds = table_blocks(queries, config.batch_queries)
     add_sampler = add_vllm_sampler if config.sampler_backend == "vllm" else add_transformers_sampler
     ds = add_sampler(ds, config, model_path)
-    judge = partial(judge_stage, config.judge.backend, config.output, config.judge.max_tokens)
+    judge = partial(judge_stage, config.judge.backend, config.output, config.judge.max_tokens, config.judge.temperature)
     ds = pool_map(ds, JudgeBatch, {"factory": judge}, config.judge.pool)
     # Pure Python on a few rows: a sliver of a CPU, so it never waits behind the model pools.
     ds = ds.map_batches(rank_batch, fn_kwargs={"ranking": config.ranking}, batch_format="pyarrow", num_cpus=0.1,

@@ -43,6 +43,15 @@ class AvemConfig(ConfigSection):
     swap_modality: Literal["auto", "video", "audio", "both"] = "auto"
 
 
+class PreferenceJudgeConfig(ModelStageConfig):
+    """The judge's model stage, plus its sampling temperature."""
+
+    max_tokens: int = Field(256, ge=1)
+    # 0 (greedy) keeps verdicts reproducible and is what a real judge should use. The demo's random tiny judge
+    # samples instead: greedy, it gives every response the same scores, and equal scores make no pair.
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+
+
 class PreferenceConfig(ConfigSection):
     """Everything `jobs/build_preferences.py` needs."""
 
@@ -63,7 +72,7 @@ class PreferenceConfig(ConfigSection):
     sampler: PoolConfig = PoolConfig(batch_size=1)  # the transformers sampler's actor pool
     sampler_model: SamplerModelConfig = SamplerModelConfig()
     vllm: VllmSamplingConfig = VllmSamplingConfig()  # used when sampler_backend is vllm
-    judge: ModelStageConfig = ModelStageConfig(max_tokens=256)
+    judge: PreferenceJudgeConfig = PreferenceJudgeConfig()
     ranking: RankingConfig = RankingConfig()
     avem: AvemConfig = AvemConfig()
 

@@ -119,15 +119,17 @@ class PreferenceJudgeStage(BatchedModelStage):
     requires = ("response", "av_relation", *ANNOTATION_FIELDS)
     produces = ("judge_score", "provenance")
 
-    def __init__(self, backend: ChatBackend, max_tokens: int = 256) -> None:
+    def __init__(self, backend: ChatBackend, max_tokens: int = 256, temperature: float = 0.0) -> None:
         super().__init__(backend)
         self.max_tokens = max_tokens
+        self.temperature = temperature
 
     def request(self, row: Row) -> ChatRequest:
         text = PREFERENCE_JUDGE.text.format(annotation=fence(annotation_text(row)), response=fence(row["response"]),
                                             relation=_RELATION_TEXT[row["av_relation"]])
-        return ChatRequest([{"role": "user", "content": text}], max_tokens=self.max_tokens, json_mode=True,
-                           response_schema=PREFERENCE_SCHEMA, tag=self.name)
+        return ChatRequest([{"role": "user", "content": text}], max_tokens=self.max_tokens,
+                           temperature=self.temperature, json_mode=True, response_schema=PREFERENCE_SCHEMA,
+                           tag=self.name)
 
     def accept(self, row: Row, text: str) -> None:
         row["judge_score"] = parse_judge_score(text)
@@ -200,6 +202,7 @@ def cached_backend(backend: BackendConfig, output: str, stage: str) -> ChatBacke
     return make_backend(backend)
 
 
-def judge_stage(backend: BackendConfig, output: str, max_tokens: int) -> PreferenceJudgeStage:
+def judge_stage(backend: BackendConfig, output: str, max_tokens: int,
+                temperature: float = 0.0) -> PreferenceJudgeStage:
     """Built inside each judge actor (the factory pickles only the backend config, not the whole job's)."""
-    return PreferenceJudgeStage(cached_backend(backend, output, "judge"), max_tokens)
+    return PreferenceJudgeStage(cached_backend(backend, output, "judge"), max_tokens, temperature)
