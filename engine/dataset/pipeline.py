@@ -3,6 +3,10 @@
 Stages that need no model run chained inside one task (the clip bytes and decoded media never leave the
 worker between them); stages that load a model get an actor pool so the model loads once per actor.
 Each pool's resources come from the config, so the autoscaler can scale CPU and GPU pools separately.
+
+Each step hands on only the columns a later step still reads (`transit_schemas`): the decoded frames and audio
+(about 3.5 MB a clip) leave the rows inside the task of their last reader, and the last step's output is the clip
+table itself, so no separate projection step has to wait for a CPU before the first rows reach the writer.
 """
 
 from __future__ import annotations
@@ -18,18 +22,19 @@ import ray.data
 
 from engine.core import storage
 from engine.core.config import BackendConfig, EngineConfig, PoolConfig
-from engine.core.schema import CLIP_SCHEMA, WORK_SCHEMA, new_row, rows_to_table
+from engine.core.schema import CLIP_SCHEMA, WORK_COLUMNS, WORK_SCHEMA, is_alive, new_row, rows_to_table
 from engine.models.backends.base import ChatBackend
 from engine.models.backends.vllm_batch import VllmBatchConfig
 from engine.stages.annotation_check import AnnotationCheckStage
 from engine.stages.asr import AsrWerFilterStage
-from engine.stages.base import Row
+from engine.stages.base import Row, RowStage
 from engine.stages.decode import DecodeStage
 from engine.stages.fingerprint import FingerprintStage
 from engine.stages.noise import NoiseFilterStage
 from engine.stages.probe import ProbeStage
 
 StageFactory = Callable[[], Callable[[list[Row]], list[Row]]]
+WORK_MEDIA = ("frames_jpeg", "frame_times", "audio_pcm")  # the decoded media among the work columns
 
 
 def funnel_stages(config: EngineConfig) -> list[str]:
@@ -108,12 +113,34 @@ def model_pools(config: EngineConfig) -> list[tuple[str, StageFactory, PoolConfi
     return pools
 
 
+def pool_stage_type(config: EngineConfig, stage: str) -> type[RowStage]:
+    """The class a pool's factory builds (nothing is built here): its `requires` say which columns the pool reads."""
+    from engine.stages.annotate import AnnotateStage
+    from engine.stages.consistency import EmbeddingConsistencyStage
+    from engine.stages.describe import DescribeStage
+    from engine.stages.judge import ConsistencyJudgeStage
+
+    consistency = ConsistencyJudgeStage if config.consistency.method == "judge" else EmbeddingConsistencyStage
+    return {"annotate": AnnotateStage, "asr": AsrWerFilterStage, "describe": DescribeStage,
+            "consistency": consistency}[stage]
+
+
+def transit_schemas(config: EngineConfig) -> list[pa.Schema]:
+    """The schema each step outputs: the media task's first, then one per model pool. Every step keeps the clip
+    table's columns and those work columns (decoded media, raw annotations) that a later pool declares it needs, so
+    frames and audio leave the rows in their last reader's own task and the last step outputs CLIP_SCHEMA."""
+    needs = [set(pool_stage_type(config, stage).requires) & set(WORK_COLUMNS) for stage, _, _ in model_pools(config)]
+    keep = [set(CLIP_SCHEMA.names).union(*needs[step:]) for step in range(len(needs) + 1)]
+    return [pa.schema([field for field in WORK_SCHEMA if field.name in names]) for names in keep]
+
+
 def uses_vllm_batch(config: EngineConfig, stage: str) -> bool:
     return stage == "describe" and config.describe.backend is not None and config.describe.backend.kind == "vllm"
 
 
-def add_vllm_describe(ds: ray.data.Dataset, config: EngineConfig) -> ray.data.Dataset:
-    """The describe stage as ray.data.llm's vLLM processor (its own GPU actor pool), rows in and out."""
+def add_vllm_describe(ds: ray.data.Dataset, config: EngineConfig, schema: pa.Schema = WORK_SCHEMA) -> ray.data.Dataset:
+    """The describe stage as ray.data.llm's vLLM processor (its own GPU actor pool), rows in and out (`schema`'s
+    columns out)."""
     from ray.data.llm import build_processor
 
     from engine.stages.describe_vllm import describe_request, describe_result
@@ -125,7 +152,7 @@ def add_vllm_describe(ds: ray.data.Dataset, config: EngineConfig) -> ray.data.Da
         postprocess=lambda row: row,  # error rows skip postprocess: both kinds are mapped back below
     )
     return processor(ds).map_batches(
-        _vllm_results, fn_kwargs={"model_id": cfg.model_source, "convert": describe_result},
+        _vllm_results, fn_kwargs={"model_id": cfg.model_source, "convert": describe_result, "schema": schema},
         batch_format="pyarrow", udf_modifying_row_count=False)
 
 
@@ -149,8 +176,9 @@ def processor_config(config: VllmBatchConfig) -> Any:
     )
 
 
-def _vllm_results(table: pa.Table, model_id: str, convert: Callable[[Row, str], Row]) -> pa.Table:
-    return rows_to_table([convert(row, model_id) for row in table.to_pylist()], WORK_SCHEMA)
+def _vllm_results(table: pa.Table, model_id: str, convert: Callable[[Row, str], Row],
+                  schema: pa.Schema = WORK_SCHEMA) -> pa.Table:
+    return rows_to_table([convert(row, model_id) for row in table.to_pylist()], schema)
 
 
 def media_stages(config: EngineConfig) -> list[StageFactory]:
@@ -172,25 +200,31 @@ def source_to_rows(table: pa.Table) -> list[Row]:
             for rec in table.to_pylist()]
 
 
-def _finish(rows: list[Row]) -> pa.Table:
+def _finish(rows: list[Row], schema: pa.Schema) -> pa.Table:
+    """The rows as a table of `schema`'s columns: transient objects (fetched bytes), the columns no later step reads
+    (decoded media after their last reader) and a rejected row's media (no later stage reads them) stay here."""
     for row in rows:
-        for key in [k for k in row if k.startswith("_")]:  # transient objects (fetched bytes) stay here
+        for key in [k for k in row if k.startswith("_")]:
             del row[key]
-    return rows_to_table(rows, WORK_SCHEMA)
+        if not is_alive(row):
+            row.update(dict.fromkeys(WORK_MEDIA))
+    return rows_to_table(rows, schema)
 
 
-def run_media_chain(table: pa.Table, factories: list[StageFactory], expand_source: bool) -> pa.Table:
+def run_media_chain(table: pa.Table, factories: list[StageFactory], expand_source: bool,
+                    schema: pa.Schema = WORK_SCHEMA) -> pa.Table:
     rows = source_to_rows(table) if expand_source else table.to_pylist()
     for factory in factories:
         rows = factory()(rows)
-    return _finish(rows)
+    return _finish(rows, schema)
 
 
 @dataclass
 class StageChain:
-    """A callable class for actor pools: builds its stages (loading models) once per actor."""
+    """A callable class for actor pools: builds its stages (loading models) once per actor; outputs `schema`."""
 
     factories: list[StageFactory]
+    schema: pa.Schema = WORK_SCHEMA
 
     def __post_init__(self) -> None:
         self.stages = [factory() for factory in self.factories]
@@ -199,7 +233,7 @@ class StageChain:
         rows = table.to_pylist()
         for stage in self.stages:
             rows = stage(rows)
-        return _finish(rows)
+        return _finish(rows, self.schema)
 
 
 def minimum_resources(config: EngineConfig) -> dict[str, float]:
@@ -247,7 +281,9 @@ def relation_plan(table: pa.Table, config: EngineConfig) -> ray.data.Dataset:
 
 
 def build_plan(source: pa.Table, config: EngineConfig) -> ray.data.Dataset:
-    """Source table -> dataset of clip-table rows (media columns dropped), one per source row."""
+    """Source table -> dataset of clip-table rows (CLIP_SCHEMA), one per source row. The columns are selected inside
+    the steps themselves (transit_schemas): a separate select_columns would be an unfused Project step holding a CPU
+    of its own, which on a small node waits for the model pools to finish before the first rows reach the writer."""
     res = config.resources
     # Blocks that may fail (their exception logged, their rows dropped) before the build stops. Every stage
     # turns a bad clip into a rejected row, native media code runs in a child process (engine.core.isolation), and
@@ -263,18 +299,19 @@ def build_plan(source: pa.Table, config: EngineConfig) -> ray.data.Dataset:
         ds = table_blocks(source, config.block_rows)
     finally:
         context.max_errored_blocks = default
+    schemas = transit_schemas(config)
     ds = ds.map_batches(
         run_media_chain,
-        fn_kwargs={"factories": media_stages(config), "expand_source": True},
+        fn_kwargs={"factories": media_stages(config), "expand_source": True, "schema": schemas[0]},
         batch_format="pyarrow",
         batch_size=res.media_batch_size,
         num_cpus=res.media_num_cpus,
         compute=ray.data.TaskPoolStrategy(size=res.media_concurrency[1]),
         udf_modifying_row_count=False,
     )
-    for stage, factory, pool in model_pools(config):
+    for (stage, factory, pool), schema in zip(model_pools(config), schemas[1:], strict=True):
         if uses_vllm_batch(config, stage):
-            ds = add_vllm_describe(ds, config)
+            ds = add_vllm_describe(ds, config, schema)
             continue
-        ds = pool_map(ds, StageChain, {"factories": [factory]}, pool)
-    return ds.select_columns(CLIP_SCHEMA.names)
+        ds = pool_map(ds, StageChain, {"factories": [factory], "schema": schema}, pool)
+    return ds

@@ -190,7 +190,7 @@ class _RecordingDataset:
         return self
 
     def select_columns(self, columns):
-        self.ops.append(("select_columns", list(columns)))
+        self.ops.append(("select_columns", list(columns)))  # a Project step of its own: the plan must not add one
         return self
 
 
@@ -199,10 +199,10 @@ def test_build_plan_chains_media_tasks_then_one_actor_pool_per_model_stage(monke
     source = _ids(12)
     ds, blocked = _RecordingDataset(), []
     monkeypatch.setattr(pipeline, "table_blocks", lambda table, rows: blocked.append((table, rows)) or ds)
-    monkeypatch.setattr(pipeline, "add_vllm_describe", lambda d, c: d.ops.append(("vllm_describe", c)) or d)
+    monkeypatch.setattr(pipeline, "add_vllm_describe", lambda d, c, s: d.ops.append(("vllm_describe", c, s)) or d)
     assert build_plan(source, config) is ds
     assert blocked == [(source, 5)]
-    (media_fn, media), annotate, asr, vllm, judge, select = ds.ops
+    (media_fn, media), annotate, asr, vllm, judge = ds.ops  # and no select_columns step after them
 
     assert media_fn is run_media_chain
     assert media["fn_kwargs"]["expand_source"] is True
@@ -223,13 +223,17 @@ def test_build_plan_chains_media_tasks_then_one_actor_pool_per_model_stage(monke
         assert kwargs["compute"] == ray.data.ActorPoolStrategy(min_size=low, max_size=high), stage
         assert (kwargs["batch_size"], kwargs["num_cpus"], kwargs["num_gpus"]) == (batch, cpus, gpus), stage
         assert kwargs["udf_modifying_row_count"] is False and kwargs["batch_format"] == "pyarrow", stage
-    assert vllm == ("vllm_describe", config)  # in describe's place, between asr and consistency
+    assert vllm[:2] == ("vllm_describe", config)  # in describe's place, between asr and consistency
 
-    # Only the clip table's columns leave the plan: decoded frames, audio and raw annotations stay behind.
-    assert select == ("select_columns", CLIP_SCHEMA.names)
-    assert select[1][:3] == ["clip_id", "source_uri", "dataset"] and "snr_db" in select[1]
-    dropped = {"annotation_raw", "annotation_uri", "frames_jpeg", "frame_times", "audio_pcm"}
-    assert dropped.isdisjoint(select[1]) and set(select[1]) | dropped == set(WORK_SCHEMA.names)
+    # Each step outputs the clip table's columns plus the media a later step reads: frames until describe, audio
+    # until asr; raw annotations and frame times stay in the media task. The last step outputs the clip table.
+    extra = [sorted(set(schema.names) - set(CLIP_SCHEMA.names)) for schema in (
+        media["fn_kwargs"]["schema"], annotate[1]["fn_constructor_kwargs"]["schema"],
+        asr[1]["fn_constructor_kwargs"]["schema"], vllm[2], judge[1]["fn_constructor_kwargs"]["schema"])]
+    assert extra == [["audio_pcm", "frames_jpeg"], ["audio_pcm", "frames_jpeg"], ["frames_jpeg"], [], []]
+    assert judge[1]["fn_constructor_kwargs"]["schema"] == CLIP_SCHEMA and vllm[2] == CLIP_SCHEMA
+    assert all(set(CLIP_SCHEMA.names) <= set(schema.names) <= set(WORK_SCHEMA.names) for schema in (
+        media["fn_kwargs"]["schema"], asr[1]["fn_constructor_kwargs"]["schema"]))
 
 
 def test_build_plan_uses_an_actor_pool_for_a_non_vllm_describe(monkeypatch):
