@@ -5,6 +5,7 @@
     python jobs/benchmark.py isolation [--clips .cache/test_clips/asr] [--repeats 3] [key=value ...]
     python jobs/benchmark.py asr [--clips .cache/test_clips/asr] [--repeats 2] [--batch-sizes 4,16] [key=value ...]
     python jobs/benchmark.py neardup [--clips .cache/demo_clips] [--repeats 3] [--scales 100000,600000]
+    python jobs/benchmark.py models
 
 `engine`: clips/s and media-seconds/s of the engine's Ray Data plan (media stages, then media + ASR)
 against a plain sequential Python loop running the same stage objects. Writes
@@ -21,6 +22,9 @@ and WER verdicts the two share. Writes outputs/benchmarks/asr.json.
 `neardup`: milliseconds per clip of the near-duplicate fingerprint stage (frames, audio) on the decoded clips, and the
 global step's time and peak memory on that many synthetic clips of the clips' mean length
 (engine.devkit.neardup_benchmark). Writes outputs/benchmarks/neardup.json.
+`models`: requests/s and requests in flight of an HTTP model stage's actor, one batch at a time against several at
+once, on the tests' loopback fake server (200 ms answers, one of 3 s in each batch; engine.devkit.benchmark_models).
+Writes outputs/benchmarks/models.json (jobs/plan.py --benchmark takes its window efficiency).
 """
 
 from __future__ import annotations
@@ -155,10 +159,22 @@ def write_neardup(args: argparse.Namespace, config: EngineConfig) -> int:
     return 0
 
 
+def write_models(args: argparse.Namespace) -> int:
+    from engine.devkit.benchmark_models import benchmark_models
+    from tests.engine.fake_openai import FakeOpenAI
+
+    results = benchmark_models(FakeOpenAI)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "models.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("target", choices=["engine", "sft", "isolation", "asr", "neardup"], help="what to benchmark")
+    parser.add_argument("target", choices=["engine", "sft", "isolation", "asr", "neardup", "models"],
+                        help="what to benchmark")
     parser.add_argument("--steps", type=int, default=20, help="sft: optimizer steps on each side")
     parser.add_argument("--clips", type=Path, default=REPO / ".cache" / "demo_clips",
                         help="clip folder; generated (the demo set) when missing")
@@ -170,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "benchmarks", help="where the JSON/PNG go")
     parser.add_argument("overrides", nargs="*", help="config overrides as dotted key=value")
     args = parser.parse_intermixed_args(argv)
+    if args.target == "models":
+        return write_models(args)
     if not args.clips.exists():
         generate_demo_set(args.clips)
     if args.target == "sft":

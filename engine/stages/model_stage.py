@@ -5,23 +5,31 @@ what still fails is a final rejection. A backend failure (rate limit exhausted, 
 memory) is a retryable one (engine.core.failures): the clip is done again by the next run, and what was answered
 before comes from the response cache. A batch call that raises (a local model running out of memory, a crashed
 client) is split in halves and retried, down to single requests, so one bad request costs only its own clip.
+
+An actor may run several batches at once (`batches_per_actor`: HTTP stages, whose backend is thread-safe and keeps
+its own max_concurrency cap), so that a batch waiting on one slow answer does not leave the window idle; a stage
+keeps no state between calls but its backend.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from typing import ClassVar
+import threading
+from typing import TYPE_CHECKING, ClassVar
 
 from engine.core.failures import backend_failure, exception_failure
 from engine.core.media import MediaError
 from engine.core.schema import is_alive, reject
 from engine.models.annotation import AnnotationError
-from engine.models.backends.base import ChatBackend, ChatRequest, ChatResult
+from engine.models.backends.base import ChatBackend, ChatRequest, ChatResult, batches_in_flight
 from engine.models.prompts import REPAIR, Prompt
 from engine.models.verdicts import VerdictError
 from engine.ops import monitoring
 from engine.stages.base import Row, RowStage, StageInputError
+
+if TYPE_CHECKING:
+    from engine.core.config import BackendConfig
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +43,8 @@ class BatchedModelStage(RowStage):
 
     def __init__(self, backend: ChatBackend) -> None:
         self.backend = backend
+        # Usage is reported as the difference between two cumulative snapshots: concurrent batches take turns.
+        self._usage_lock = threading.Lock()
 
     def wants(self, row: Row) -> bool:
         return True
@@ -56,7 +66,8 @@ class BatchedModelStage(RowStage):
             if retry:
                 again = [self._repair_request(req, text, error) for _, req, text, error in retry]
                 self._answer([r for r, *_ in retry], again, self._chat(again), final=True)
-        monitoring.record_backend_usage(self.backend)  # calls, tokens, cache hits, cost since the last batch
+        with self._usage_lock:
+            monitoring.record_backend_usage(self.backend)  # calls, tokens, cache hits, cost since the last batch
         return rows
 
     def _chat(self, requests: list[ChatRequest]) -> list[ChatResult]:
@@ -112,3 +123,12 @@ class BatchedModelStage(RowStage):
         provenance = json.loads(row.get("provenance") or "{}")
         provenance[cls.name] = f"{model_id} {cls.prompt.version}"
         row["provenance"] = json.dumps(provenance, sort_keys=True)
+
+
+def batches_per_actor(backend: BackendConfig | None, batch_size: int) -> int:
+    """Batches one actor of a model stage's pool runs at once (engine.dataset.pipeline gives its actors that many
+    concurrent calls): for an HTTP backend enough to keep max_concurrency requests in flight across batches
+    (engine.models.backends.base.batches_in_flight); one for local models, whose batch already fills the device."""
+    if backend is None or backend.kind != "http":
+        return 1
+    return batches_in_flight(backend.http.max_concurrency, batch_size)

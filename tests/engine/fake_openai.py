@@ -65,6 +65,9 @@ class _Server(ThreadingHTTPServer):
     # Non-daemon handler threads are joined by server_close(): a test ends only after every handler has.
     daemon_threads = False
     block_on_close = True
+    # The listen backlog (socketserver's default is 5): a client with 32 requests in flight opens 32 connections
+    # at once, and connections beyond the backlog were reset (connection_error) before a handler could take them.
+    request_queue_size = 128
     fake: FakeOpenAI
 
 

@@ -199,10 +199,10 @@ def test_missing_key_is_a_config_error_and_no_key_sends_no_header(server, make_b
 
 def test_config_errors_name_the_field(tmp_path):
     path = tmp_path / "http.yaml"
-    path.write_text("base_url: api.example.com/v1\nmodel: m\nmax_concurrency: 0\n")
+    path.write_text("base_url: api.example.com/v1\nmodel: m\nmax_concurrency: 0\nrequests_per_s: 0\n")
     with pytest.raises(ConfigError) as err:
         load_config(HttpBackendConfig, path)
-    assert "base_url" in str(err.value) and "max_concurrency" in str(err.value)
+    assert all(field in str(err.value) for field in ("base_url", "max_concurrency", "requests_per_s"))
     assert HttpBackendConfig(base_url="http://h:1/v1/", model="m").base_url == "http://h:1/v1"
 
 
@@ -262,3 +262,22 @@ def test_identical_requests_of_one_batch_are_paid_once(server, make_backend):
     assert [(r.cached, r.attempts) for r in results] == [(False, 1), (False, 1), (True, 0)]
     usage = backend.usage()["total"]
     assert (usage["requests"], usage["cache_hits"], usage["http_calls"]) == (3, 1, 2)
+
+
+def test_a_request_waiting_out_a_backoff_frees_its_slot(server, make_backend):
+    """One slot: `a` is throttled and told to wait 1 s; `b` goes out during that wait, not after `a` is done."""
+    a = "a [[fail:429x1]][[retry-after:1]]"
+    results = make_backend(max_concurrency=1, backoff_max_s=1.0).chat([ask(a), ask("b")])
+    assert [r.attempts for r in results] == [2, 1] and server.max_in_flight == 1
+    first_a, second_a = server.call_times[a]
+    assert first_a < server.call_times["b"][0] < second_a
+
+
+def test_every_attempt_is_paced(server, make_backend):
+    """requests_per_s paces each HTTP call, retries included: 2 requests, one retried once -> 3 waits."""
+    backend = make_backend(requests_per_s=1000.0)
+    waits = []
+    backend._pacer.wait = lambda: waits.append(1) or 0.0
+    backend.chat([ask("x [[fail:503x1]]"), ask("y")])
+    assert len(waits) == 3 == server.total_calls
+    assert make_backend()._pacer is None  # no requests_per_s: no pacing

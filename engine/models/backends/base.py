@@ -10,9 +10,11 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import threading
+import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -78,6 +80,45 @@ class ChatBackend(Protocol):
     def chat(self, requests: list[ChatRequest]) -> list[ChatResult]:
         """Results in the order of `requests`; never raises for a per-request failure."""
         ...
+
+
+def batches_in_flight(max_concurrency: int, batch_size: int) -> int:
+    """How many batches one actor of an HTTP stage runs at once, so that its backend keeps `max_concurrency` requests
+    in flight: twice the window in pending requests. A batch returns only when its slowest request does; with two
+    windows' worth pending, the rows whose batch waits on a straggler (a slow answer, a retry's backoff) can hold half
+    of them while the other half keep every slot busy. More costs actor memory (the rows, media included) for a
+    gain that `python jobs/benchmark.py models` measures."""
+    return max(1, math.ceil(2 * max_concurrency / batch_size))
+
+
+class RequestPacer:
+    """At most `per_s` request starts per second, spread evenly, for every thread of one backend together.
+
+    Each `wait()` reserves the next free start time under a lock and sleeps until it outside the lock, so waiting
+    callers queue in order and a slow request never delays the start of another. `burst` starts may go at once
+    after an idle spell (a token bucket of that size). Clock and sleep are injectable for tests.
+    """
+
+    def __init__(self, per_s: float, burst: int = 1, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        if per_s <= 0 or burst < 1:
+            raise ValueError(f"RequestPacer needs per_s > 0 and burst >= 1, got {per_s} and {burst}")
+        self._interval = 1.0 / per_s
+        self._slack = (burst - 1) * self._interval
+        self._clock, self._sleep = clock, sleep
+        self._next = -math.inf  # the theoretical start of the next request at the steady rate
+        self._lock = threading.Lock()
+
+    def wait(self) -> float:
+        """Blocks until this caller may start a request; returns the seconds it waited."""
+        with self._lock:
+            now = self._clock()
+            due = max(self._next, now)
+            start = max(now, due - self._slack)
+            self._next = due + self._interval
+        if start > now:
+            self._sleep(start - now)
+        return start - now
 
 
 def request_key(model_id: str, request: ChatRequest) -> str:

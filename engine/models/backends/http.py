@@ -17,7 +17,6 @@ onto the config, into the cache, the usage log, a log line or any process's envi
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import os
@@ -26,7 +25,7 @@ import re
 import stat
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from urllib3.exceptions import ReadTimeoutError
 
 from engine.core.config_base import ConfigSection
-from engine.models.backends.base import ChatRequest, ChatResult, UsageLog, request_key
+from engine.models.backends.base import ChatRequest, ChatResult, RequestPacer, UsageLog, request_key
 from engine.models.backends.response_cache import ResponseCache
 
 log = logging.getLogger(__name__)
@@ -71,7 +70,10 @@ class HttpBackendConfig(ConfigSection):
     # api_key_file, else $SABER_API_KEY_DIR/<name> (a cluster node), else the environment variable <name>.
     api_key_env: str = "OPENAI_API_KEY"
     api_key_file: str | None = None  # a path to a file holding only the key (never the key itself)
-    max_concurrency: int = Field(8, ge=1, le=512)
+    max_concurrency: int = Field(8, ge=1, le=512)  # HTTP requests in flight per backend (one per actor)
+    # Request starts per second per backend, retries included, spread evenly; None: no pacing. A cluster-wide quota
+    # of Q/s over a pool of up to A actors is Q/A here (a 429 with Retry-After still slows everyone down).
+    requests_per_s: float | None = Field(None, gt=0)
     timeout_s: float = Field(60.0, gt=0)
     max_retries: int = Field(5, ge=0)
     backoff_base_s: float = Field(1.0, ge=0)
@@ -151,30 +153,47 @@ class HttpChatBackend:
         key, source = load_api_key(config)
         self._bearer = _BearerAuth(key) if key else None
         log.info("%s: API key from %s", config.model, source)
-        # Each worker holds one request (its retries and backoff included): at most max_concurrency in flight.
-        self._pool = ThreadPoolExecutor(max_workers=config.max_concurrency, thread_name_prefix="chat-http")
+        # A worker carries one request through its retries; only the POST itself holds one of the max_concurrency
+        # slots, so a request waiting out a backoff frees its slot. Twice as many workers as slots: the pending
+        # requests of concurrent chat() calls (several batches of one actor) queue for slots, not for threads.
+        self._slots = threading.BoundedSemaphore(config.max_concurrency)
+        self._pacer = RequestPacer(config.requests_per_s) if config.requests_per_s else None
+        self._pool = ThreadPoolExecutor(max_workers=2 * config.max_concurrency, thread_name_prefix="chat-http")
+        self._pending: dict[str, Future[ChatResult]] = {}  # request key -> its answer underway, across chat() calls
+        self._pending_lock = threading.RLock()  # reentrant: a done callback may run inside submit's critical section
         self._local = threading.local()
         self._sessions: list[requests.Session] = []
         self._sessions_lock = threading.Lock()
 
     def chat(self, requests: list[ChatRequest]) -> list[ChatResult]:
-        """Identical requests of one batch (e.g. the same judge question for two clips) are sent once: the
-        response cache only knows an answer after it came back, so both would otherwise be paid for."""
+        """Thread-safe: several batches may call at once and share the max_concurrency slots. A request identical
+        to one underway (the same judge question for two clips, in this batch or another) waits for that answer
+        instead of paying again: the response cache only knows an answer after it came back."""
         requests = [self._as_sent(request) for request in requests]
         keys = [request_key(self.model_id, request) for request in requests]
-        first = {key: index for index, key in reversed(list(enumerate(keys)))}
-        unique = sorted(first.values())
-        answers = dict(zip(unique, self._pool.map(self._answer, [requests[i] for i in unique],
-                                                  [keys[i] for i in unique], itertools.repeat(self._bearer)),
-                           strict=True))
+        shared, futures = [], []
+        with self._pending_lock:
+            for request, key in zip(requests, keys, strict=True):
+                shared.append(key in self._pending)
+                futures.append(self._pending[key] if shared[-1] else self._submit(request, key))
         results = []
-        for index, key in enumerate(keys):
-            result = answers[first[key]]
-            if index != first[key]:  # the same answer, not paid again: counted like a cache hit
+        for request, future, again in zip(requests, futures, shared, strict=True):
+            result = future.result()
+            if again:  # the same answer, not paid again: counted like a cache hit
                 result = replace(result, cached=True, attempts=0)
-                self._usage.record(requests[index].tag, result)
+                self._usage.record(request.tag, result)
             results.append(result)
         return results
+
+    def _submit(self, request: ChatRequest, key: str) -> Future[ChatResult]:
+        future = self._pending[key] = self._pool.submit(self._answer, request, key, self._bearer)
+        future.add_done_callback(lambda done: self._forget(key, done))
+        return future
+
+    def _forget(self, key: str, future: Future[ChatResult]) -> None:
+        with self._pending_lock:
+            if self._pending.get(key) is future:
+                del self._pending[key]
 
     def usage(self) -> dict[str, Any]:
         return self._usage.as_dict()
@@ -224,7 +243,7 @@ class HttpChatBackend:
         body = json.dumps(self._payload(request)).encode("utf-8")
         malformed = 0
         for attempt in range(self.config.max_retries + 1):
-            outcome = self._post(body, auth)
+            outcome = self._send(body, auth)
             if outcome.error is None:
                 return ChatResult(text=outcome.text, error=None, prompt_tokens=outcome.prompt_tokens,
                                   completion_tokens=outcome.completion_tokens, attempts=attempt + 1)
@@ -260,6 +279,13 @@ class HttpChatBackend:
             return min(retry_after, cap)
         # Full jitter: spreads the retries of many actors that were throttled at the same moment.
         return random.uniform(0, min(cap, self.config.backoff_base_s * 2**attempt))
+
+    def _send(self, body: bytes, auth: _BearerAuth | None) -> _Outcome:
+        """One attempt, holding a slot (at most max_concurrency in flight) and paced by requests_per_s."""
+        with self._slots:
+            if self._pacer is not None:
+                self._pacer.wait()
+            return self._post(body, auth)
 
     def _post(self, body: bytes, auth: _BearerAuth | None) -> _Outcome:
         try:
