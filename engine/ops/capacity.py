@@ -23,6 +23,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from engine.core.config_base import ConfigSection
+from engine.models.backends.base import batches_in_flight
 
 NodeName = Literal["head", "cpu", "gpu"]
 SECONDS_PER_HOUR = 3600.0
@@ -123,6 +124,11 @@ class DescribeCost(GpuCost):
 
 
 class ApiCost(ConfigSection):
+    """An HTTP model stage. Its sustained rate is min(rate_limit_per_s, actors x window x window_efficiency /
+    latency_s): an actor runs `batches_at_once` batches of `batch_size` rows, its backend keeps at most
+    max_concurrency of their requests in flight (the window), and a batch returns only with its slowest answer, so
+    stragglers leave part of the window idle (window_efficiency, measured by `jobs/benchmark.py models`)."""
+
     model: str
     applies: float = Field(ge=0, le=1)  # fraction of the stage's input it calls the model for
     requests_per_clip: float = Field(ge=1)  # 1 plus repair re-asks
@@ -130,10 +136,33 @@ class ApiCost(ConfigSection):
     completion_tokens_per_clip: float = Field(ge=0)
     usd_per_1m_prompt: float = Field(ge=0)
     usd_per_1m_completion: float = Field(ge=0)
-    # Sustained, cluster-wide: min(your rate limit, actors x max_concurrency / answer latency).
-    requests_per_s: float = Field(gt=0)
+    actors: int = Field(ge=1)  # the pool's max actors
+    max_concurrency: int = Field(ge=1)  # backend.http.max_concurrency: requests in flight per actor
+    batch_size: int = Field(ge=1)  # the pool's batch_size
+    # Batches one actor runs at once; None: the engine's rule for HTTP pools (base.batches_in_flight).
+    batches_at_once: int | None = Field(None, ge=1)
+    latency_s: float = Field(gt=0)  # mean seconds from sending a request to its whole answer
+    # Mean requests in flight over the window. FALLBACK 1.0 (no stragglers: an upper bound); --benchmark takes the
+    # value `jobs/benchmark.py models` measured on its latency profile (one slow answer in each batch).
+    window_efficiency: float = Field(1.0, gt=0, le=1)
+    rate_limit_per_s: float | None = Field(None, gt=0)  # your quota, cluster-wide; None: unlimited
+    # Measured on a pilot (saber_model_requests per second): replaces the arithmetic above when set.
+    requests_per_s: float | None = Field(None, gt=0)
     cpus_held: float = Field(ge=0)  # pool max actors x num_cpus: CPU slots held on CPU nodes while waiting
     pass_rate: float = Field(ge=0, le=1)
+
+    @property
+    def window(self) -> int:
+        """Requests one actor can have in flight: its max_concurrency, unless its batches hold fewer."""
+        batches = self.batches_at_once or batches_in_flight(self.max_concurrency, self.batch_size)
+        return min(self.max_concurrency, batches * self.batch_size)
+
+    @property
+    def sustained_requests_per_s(self) -> float:
+        if self.requests_per_s is not None:
+            return self.requests_per_s
+        ceiling = self.actors * self.window * self.window_efficiency / self.latency_s
+        return min(ceiling, self.rate_limit_per_s or ceiling)
 
 
 class AnnotateCost(ApiCost):
@@ -148,8 +177,14 @@ class AnnotateCost(ApiCost):
     # ASSUMPTION (edit): Gemini 2.5 Pro list prices for prompts <= 200K tokens, USD per 1M tokens.
     usd_per_1m_prompt: float = Field(1.25, ge=0)
     usd_per_1m_completion: float = Field(10.0, ge=0)
-    # ASSUMPTION (edit to your quota): 8 actors x 32 in flight at ~20 s per answer could sustain ~12/s.
-    requests_per_s: float = Field(10.0, gt=0)
+    # production.yaml: annotate.pool concurrency max 8, batch_size 16, backend max_concurrency 32: with the engine's
+    # 4 batches at once, 32 in flight per actor (one batch at a time would be 16: 8 x 16 / 20 s = 6.4/s).
+    actors: int = Field(8, ge=1)
+    max_concurrency: int = Field(32, ge=1)
+    batch_size: int = Field(16, ge=1)
+    latency_s: float = Field(20.0, gt=0)  # ASSUMPTION: ~1.5K output tokens of a thinking model, plus the upload
+    # ASSUMPTION (edit to your quota): 8 x 32 / 20 s = 12.8/s is more than a typical Gemini 2.5 Pro quota.
+    rate_limit_per_s: float | None = Field(10.0, gt=0)
     cpus_held: float = Field(8.0, ge=0)  # production.yaml: annotate.pool concurrency max 8 x num_cpus 1
     pass_rate: float = Field(0.97, ge=0, le=1)  # ASSUMPTION: invalid JSON after the repair re-ask
 
@@ -164,7 +199,12 @@ class JudgeCost(ApiCost):
     # ASSUMPTION (edit): gpt-4o list prices, USD per 1M tokens.
     usd_per_1m_prompt: float = Field(2.5, ge=0)
     usd_per_1m_completion: float = Field(10.0, ge=0)
-    requests_per_s: float = Field(20.0, gt=0)  # ASSUMPTION: 4 actors x 32 in flight at ~3 s, capped by quota
+    # production.yaml: consistency.judge.pool concurrency max 4, batch_size 32, backend max_concurrency 32.
+    actors: int = Field(4, ge=1)
+    max_concurrency: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1)
+    latency_s: float = Field(3.0, gt=0)  # ASSUMPTION: ~80 output tokens of gpt-4o after an 1.1K-token prompt
+    rate_limit_per_s: float | None = Field(20.0, gt=0)  # ASSUMPTION (your quota): 4 x 32 / 3 s = 42.7/s is more
     cpus_held: float = Field(4.0, ge=0)  # production.yaml: consistency.judge.pool concurrency max 4 x 1 CPU
     pass_rate: float = Field(0.9, ge=0, le=1)  # ASSUMPTION: judge score >= 5
 
@@ -268,11 +308,13 @@ def gpu_stage(name: str, clips_in: float, cost: GpuCost, node: NodeType) -> Stag
 def api_stage(name: str, clips_in: float, cost: ApiCost, node: NodeType) -> StageEstimate:
     """Wall time is set by the request rate; node-hours are the CPU slots the actors hold meanwhile."""
     called = clips_in * cost.applies
-    wall_hours = called * cost.requests_per_clip / cost.requests_per_s / SECONDS_PER_HOUR
+    per_s = cost.sustained_requests_per_s
+    wall_hours = called * cost.requests_per_clip / per_s / SECONDS_PER_HOUR
     node_hours = wall_hours * cost.cpus_held / node.cpus
     usd_per_clip = (cost.prompt_tokens_per_clip * cost.usd_per_1m_prompt
                     + cost.completion_tokens_per_clip * cost.usd_per_1m_completion) / 1e6
-    return StageEstimate(name, "cpu", clips_in, f"${usd_per_clip:.4f}/clip {cost.model}", node_hours, wall_hours,
+    unit = f"${usd_per_clip:.4f}/clip {per_s:.3g} req/s {cost.model}"
+    return StageEstimate(name, "cpu", clips_in, unit, node_hours, wall_hours,
                          node_hours * node.usd_per_hour, called * usd_per_clip)
 
 
@@ -312,10 +354,19 @@ def plan(config: PlanConfig) -> Plan:
     if config.train.enabled:
         stages.append(train_stage(remaining, config.train, config.nodes.gpu))
         run_wall += stages[-1].wall_hours
-    head = config.nodes.head
     stages.append(StageEstimate("head", "head", float(config.clips), "whole run", run_wall, run_wall,
-                                run_wall * head.usd_per_hour))
+                                run_wall * config.nodes.head.usd_per_hour))
     return Plan(config.clips, remaining, build_wall, slowest.stage, stages)
+
+
+def overrides_from_benchmark(path: str | Path) -> list[str]:
+    """key=value overrides from a jobs/benchmark.py result: the media chain's clips/s and cores (engine.json), or
+    the API stages' window_efficiency (models.json: the `after` run, as the engine runs HTTP pools)."""
+    results = json.loads(Path(path).read_text())
+    if results.get("benchmark") == "models":
+        efficiency = results["runs"]["after"]["window_efficiency"]
+        return [f"{stage}.window_efficiency={efficiency}" for stage in ("annotate", "consistency", "saber_test")]
+    return media_overrides_from_benchmark(path)
 
 
 def media_overrides_from_benchmark(path: str | Path) -> list[str]:

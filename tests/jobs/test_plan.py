@@ -22,15 +22,21 @@ SMALL = {
               "gpu": {"instance": "g", "cpus": 16, "gpus": 2, "usd_per_hour": 10.0, "utilization": 1.0}},
     "media": {"benchmark_clips_per_s": 2, "benchmark_cores": 1, "clip_cost_factor": 2, "max_cpus": 2,
               "pass_rate": 0.5},
-    "annotate": {"applies": 0.5, "requests_per_clip": 2, "requests_per_s": 0.5, "cpus_held": 2,
+    # 2 actors x min(4 in flight, 1 batch of 2) / 8 s = 0.5/s, under the 1/s quota.
+    "annotate": {"applies": 0.5, "requests_per_clip": 2, "actors": 2, "max_concurrency": 4, "batch_size": 2,
+                 "batches_at_once": 1, "latency_s": 8, "rate_limit_per_s": 1.0, "cpus_held": 2,
                  "prompt_tokens_per_clip": 1000, "completion_tokens_per_clip": 100, "usd_per_1m_prompt": 10,
                  "usd_per_1m_completion": 100, "pass_rate": 0.5},
     "asr": {"clips_per_gpu_s": 0.25, "max_gpus": 1, "pass_rate": 0.5},
     "describe": {"clips_per_gpu_s": 0.125, "max_gpus": 2, "pass_rate": 1.0},
+    # A pilot's measured rate replaces the arithmetic.
     "consistency": {"applies": 1, "requests_per_clip": 1, "requests_per_s": 0.125, "cpus_held": 4,
                     "prompt_tokens_per_clip": 2000, "completion_tokens_per_clip": 0, "usd_per_1m_prompt": 5,
                     "pass_rate": 0.5},
-    "saber_test": {"requests_per_s": 0.0625, "cpus_held": 2, "prompt_tokens_per_clip": 1000,
+    # The engine's rule: ceil(2 x 2 / 1) = 4 batches of 1 at once, so the window is max_concurrency 2; half of it
+    # busy on average: 1 actor x 2 x 0.5 / 16 s = 0.0625/s.
+    "saber_test": {"actors": 1, "max_concurrency": 2, "batch_size": 1, "latency_s": 16, "window_efficiency": 0.5,
+                   "rate_limit_per_s": None, "cpus_held": 2, "prompt_tokens_per_clip": 1000,
                    "completion_tokens_per_clip": 0, "usd_per_1m_prompt": 20},
     "train": {"epochs": 2, "samples_per_s_per_node": 0.125, "nodes": 1},
 }
@@ -73,6 +79,33 @@ def test_disabled_judge_and_training_drop_out_of_the_plan():
     assert result.stages[-1].wall_hours == result.build_wall_hours == 1.0
 
 
+def test_annotate_default_rate_worked_by_hand():
+    """510,000 clips reach annotate (600,000 x 0.85), 1.03 requests each = 525,300 requests at ~20 s per answer."""
+    config = PlanConfig()
+    # 8 actors x min(32, 4 batches x 16) = 256 in flight / 20 s = 12.8/s, over the 10/s quota: 10/s.
+    assert (config.annotate.window, config.annotate.sustained_requests_per_s) == (32, 10.0)
+    hours = {s.stage: s.wall_hours for s in plan(config).stages}
+    assert hours["annotate"] == pytest.approx(525_300 / 10 / 3600)  # 14.59 h
+    # One batch at a time per actor (the engine before batches_in_flight): 8 x 16 / 20 s = 6.4/s, 22.80 h.
+    one_at_a_time = PlanConfig.model_validate({"annotate": {"batches_at_once": 1}})
+    assert one_at_a_time.annotate.sustained_requests_per_s == pytest.approx(6.4)
+    assert plan(one_at_a_time).stages[1].wall_hours == pytest.approx(525_300 / 6.4 / 3600)
+
+
+def test_cli_takes_the_api_window_efficiency_from_a_models_benchmark(tmp_path, capsys):
+    bench = tmp_path / "models.json"
+    bench.write_text(json.dumps({"benchmark": "models", "runs": {"before": {"window_efficiency": 0.06},
+                                                                 "after": {"window_efficiency": 0.25}}}))
+    out = tmp_path / "plan.json"
+    assert main(["--clips", "600000", "--benchmark", str(bench), "--json", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    assert {saved["inputs"][s]["window_efficiency"] for s in ("annotate", "consistency", "saber_test")} == {0.25}
+    annotate = saved["plan"]["stages"][1]
+    # 8 actors x 32 in flight x 0.25 / 20 s = 3.2/s, under the quota: 525,300 requests / 3.2 = 45.6 h.
+    assert annotate["stage"] == "annotate" and annotate["wall_hours"] == pytest.approx(525_300 / 3.2 / 3600)
+    assert "3.2 req/s gemini-2.5-pro" in capsys.readouterr().out
+
+
 def test_cli_prints_the_table_and_writes_json(tmp_path, capsys):
     out = tmp_path / "plan.json"
     assert main(["--clips", "600000", "--json", str(out), "annotate.requests_per_s=20"]) == 0
@@ -110,6 +143,8 @@ def test_defaults_price_the_production_pools_on_the_cluster_node_types():
                         (config.saber_test, engine.saber_test.judge)):
         assert cost.cpus_held == stage.pool.concurrency[1] * stage.pool.num_cpus
         assert cost.model == stage.backend.http.model
+        assert (cost.actors, cost.batch_size, cost.max_concurrency) == (
+            stage.pool.concurrency[1], stage.pool.batch_size, stage.backend.http.max_concurrency)
     types = yaml.safe_load((REPO / "cluster/aws/saber-cluster.yaml").read_text())["available_node_types"]
     for ours, theirs in ((config.nodes.head, types["head"]), (config.nodes.cpu, types["cpu"]),
                          (config.nodes.gpu, types["gpu_a100"])):
