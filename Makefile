@@ -15,12 +15,19 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_CLIPS ?= .cache/demo_clips
 DEMO_OUT ?= outputs/demo
 
-.PHONY: demo demo-sft test test-latest lint lock lock-upgrade system-deps install clean
+.PHONY: demo demo-sft demo-lifecycle test test-latest lint lock lock-upgrade system-deps browser-deps install clean
 
 system-deps:
 	@if ! command -v ffmpeg >/dev/null || ! command -v espeak-ng >/dev/null || ! python3 -c "import ctypes.util as u, sys; sys.exit(not u.find_library('chromaprint'))"; then \
 		echo "installing ffmpeg, espeak-ng and libchromaprint1 (near-duplicate audio fingerprints) with apt-get"; \
 		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg espeak-ng libchromaprint1; \
+	fi
+
+# The data browser's page test drives a real headless chromium (tests/jobs/test_browse.py); only `make test` needs it.
+browser-deps:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+		echo "installing chromium and chromium-driver (the data browser's page test) with apt-get"; \
+		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
 	fi
 
 # Every package at the exact version of the committed lock (requirements.lock, made by `make lock`). Torch and
@@ -45,11 +52,19 @@ demo: install
 demo-sft: demo
 	$(PY) jobs/train_sed.py --config jobs/configs/sft_demo.yaml data.sed=$(DEMO_OUT)/sed
 
+# The whole lifecycle on the demo clips, resumable (a rerun skips finished steps): build -> SED-SFT -> CA-DPO
+# (sample, judge, pair, train) -> SABER-Test evaluation of the SFT and the DPO model -> comparison -> summary page
+# (outputs/lifecycle/summary/index.html). Tiny random models: it shows the machinery, not a good model.
+LIFECYCLE_OUT ?= outputs/lifecycle
+demo-lifecycle: install
+	$(PY) jobs/make_demo_data.py --out $(DEMO_CLIPS)
+	$(PY) jobs/lifecycle.py --clips $(DEMO_CLIPS) --output $(LIFECYCLE_OUT)
+
 # Two workers (pytest-xdist): on 2 cores the end-to-end tests spend much of their time waiting for processes,
 # Ray actors and loopback servers, which the other worker fills. loadgroup keeps the Ray Train tests on one worker
 # (tests/conftest.py::RAY_TRAIN) and hands out every other test one by one, slow ones first.
 PYTEST := -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup --durations=25
-test: install
+test: install browser-deps
 	$(PY) $(PYTEST)
 
 # The lock from pyproject.toml's ranges, keeping the pinned versions that still satisfy them (after adding or
@@ -67,7 +82,7 @@ lock-upgrade: $(PIPTOOLS)/pip-compile
 # The upgrade check: the newest versions pyproject.toml allows, in a venv of their own (.venv-latest), then the
 # suite. Not part of CI: it tells us about an upstream release before a user's fresh install does.
 LATEST := .venv-latest
-test-latest: system-deps
+test-latest: system-deps browser-deps
 	rm -rf $(LATEST) && python3 -m venv $(LATEST)
 	$(LATEST)/bin/pip install -q --upgrade pip setuptools wheel
 	$(LATEST)/bin/pip install -q --upgrade $$(python3 .ci/versions.py ranges torch torchvision)
