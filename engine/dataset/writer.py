@@ -15,7 +15,6 @@ primitives (written whole, read with retries, set aside) are engine.core.parts'.
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 import uuid
@@ -23,7 +22,6 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from engine.core import storage
 from engine.core.failures import RETRYABLE
@@ -32,6 +30,8 @@ from engine.core.parts import (
     QUARANTINE_DIR,
     StorageUnavailable,
     list_named,
+    map_parts,
+    read_part,
     read_parts,
     read_with_retries,
     set_aside,
@@ -75,17 +75,25 @@ class ClipTableWriter:
         for stray in list_named(self.fs, self.path, PART_PREFIX, ".tmp"):
             set_aside(self.fs, stray, self.quarantine, "the temporary file of an interrupted write")
         ids: set[str] = set()
-        for part in self.part_files():
-            data = read_with_retries(self.fs, part)
-            try:
-                column = pq.read_table(io.BytesIO(data), columns=["clip_id"]).column(0)
-            except (pa.ArrowInvalid, OSError) as err:  # parsing bytes in memory: the content itself is bad
-                set_aside(self.fs, part, self.quarantine, f"not a readable clips part ({err})")
+        parts = self.part_files()
+        for part, column in zip(parts, map_parts(self._read_ids, parts), strict=True):  # parallel, clip_id only
+            if isinstance(column, Exception):
+                set_aside(self.fs, part, self.quarantine, f"not a readable clips part ({column})")
                 continue
             ids.update(column.to_pylist())
         self._written_ids |= ids
         self.ledger.load()
         return ids
+
+    def _read_ids(self, part: str) -> pa.ChunkedArray | Exception:
+        """A part's clip ids, or the error saying its bytes are not a readable part; storage errors raise (retried
+        first), so that a rerun stops with nothing lost rather than doing clips again."""
+        try:
+            return read_part(self.fs, part, ["clip_id"]).column("clip_id")
+        except (StorageUnavailable, FileNotFoundError):
+            raise
+        except (pa.ArrowInvalid, OSError, KeyError) as err:  # the content itself is bad (or has no clip_id)
+            return err
 
     # -- writing --------------------------------------------------------------------------------------
     def add(self, table: pa.Table) -> None:
