@@ -259,14 +259,17 @@ class StandInProcessor:
 
 
 def test_vllm_sampler_glue_groups_k_answers_per_query(local_ray, asr_set, tmp_path):
-    """The GPU path's Ray Data glue (decode once, fan out K, engine, group back) with a stand-in for vLLM."""
+    """The GPU path's Ray Data glue (decode once, fan out K, engine, gather back) with a stand-in for vLLM."""
     folder, _ = asr_set
     config = load_config(PreferenceConfig, REPO / "jobs" / "configs" / "prefs_demo.yaml",
                          ["sampling.num_samples=4", "data.max_frames=4", f"output={tmp_path}"])
     uris = {"a": folder / "good_000.mp4", "b": folder / "good_001.mp4", "c": tmp_path / "missing.mp4"}
     queries = [empty_query(clip_id=c, source_uri=str(u), system="S", prompt="P", round=1) for c, u in uris.items()]
     ds = ray.data.from_arrow(pa.Table.from_pylist(queries, schema=QUERY_SCHEMA))
-    out = {r["clip_id"]: r for r in add_vllm_sampler(ds, config, "/m", StandInProcessor(config.sampling)).take_all()}
+    sampled = add_vllm_sampler(ds, config, "/m", StandInProcessor(config.sampling))
+    operators = [type(op).__name__ for op in sampled._logical_plan.dag.post_order_iter()]
+    assert not {"Repartition", "Aggregate", "Sort", "RandomShuffle"} & set(operators)  # streams: no shuffle
+    out = {r["clip_id"]: r for r in sampled.take_all()}
     assert [answer.split(":")[0] if answer else None for answer in out["a"]["responses"]] == ["a0", "a1", None, "a3"]
     seeds = [int(answer.split(":")[1]) for answer in out["b"]["responses"]]
     assert seeds == [seeds[0] + k for k in range(4)] and out["b"]["sample_error"] is None

@@ -34,6 +34,7 @@ from train.preferences.schema import PREFERENCE_SCHEMA, QUERY_SCHEMA, empty_quer
 from train.preferences.select import EngineTables, select_queries, selection_rank
 from train.preferences.vllm_sampling import (
     ERROR_COLUMN,
+    SampleCollector,
     VllmSamplingConfig,
     attach_media,
     collect_samples,
@@ -402,6 +403,25 @@ def test_vllm_rows_to_requests_and_answers_back(asr_set, tmp_path):
     collected = collect_samples(group, QUERY_SCHEMA, sampler="/m", num_samples=3).to_pylist()[0]
     assert collected["responses"] == ["answer 0", None, "answer 2"] and collected["sample_error"] is None
     assert collected["sampler"] == "/m" and collected["clip_id"] == "q"
+
+
+def test_sample_collector_emits_each_query_when_its_last_answer_arrives():
+    """Answers of three queries spread over batches, out of order, one row delivered twice, one placeholder."""
+    def answer(clip, k):
+        return dict(empty_query(clip_id=clip, sample_error="undecodable" if k < 0 else None), sample_index=k,
+                    sample_text=None if k < 0 else f"{clip}{k}", sample_failure=None)
+
+    collector = SampleCollector(QUERY_SCHEMA, sampler="/m", num_samples=3)
+    batches = [[answer("a", 2), answer("b", 0), answer("c", -1)],
+               [answer("b", 0), answer("a", 0)],  # b0 again: a re-run block
+               [answer("b", 1), answer("a", 1)],
+               [answer("b", 2)]]
+    emitted = [collector(pa.Table.from_pylist(batch)).to_pylist() for batch in batches]
+    assert [[q["clip_id"] for q in out] for out in emitted] == [["c"], [], ["a"], ["b"]]
+    assert emitted[2][0]["responses"] == ["a0", "a1", "a2"] and emitted[3][0]["responses"] == ["b0", "b1", "b2"]
+    assert emitted[0][0]["responses"] is None and emitted[0][0]["sample_error"] == "undecodable"
+    assert collector.pending == {}  # nothing left behind
+    assert collector(pa.Table.from_pylist([answer("d", 0)])).schema == QUERY_SCHEMA  # an empty output keeps it
 
 
 def test_vllm_media_failure_passes_as_one_placeholder(tmp_path):

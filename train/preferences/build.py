@@ -45,8 +45,8 @@ from train.preferences.sample import SampleBatch  # noqa: E402
 from train.preferences.schema import LEDGER_SCHEMA, PAIRS_DIR, QUERY_SCHEMA, read_preferences  # noqa: E402
 from train.preferences.select import load_engine_tables, select_queries  # noqa: E402
 from train.preferences.vllm_sampling import (  # noqa: E402
+    SampleCollector,
     attach_media,
-    collect_samples,
     expand_samples,
     processor_config,
     sample_request,
@@ -65,7 +65,7 @@ def _identity(row: dict[str, Any]) -> dict[str, Any]:
 
 def add_vllm_sampler(ds: ray.data.Dataset, config: PreferenceConfig, model_path: str,
                      processor: Any = None) -> ray.data.Dataset:
-    """Decode once per query, fan out K sample rows, vLLM, then group the K answers back per query.
+    """Decode once per query, fan out K sample rows, vLLM, then gather the K answers back per query (streamed).
     `processor` replaces ray.data.llm's (a stand-in engine, to run this glue where vLLM is not installed)."""
     if processor is None:
         from ray.data.llm import build_processor
@@ -76,9 +76,10 @@ def add_vllm_sampler(ds: ray.data.Dataset, config: PreferenceConfig, model_path:
     ds = ds.map(partial(attach_media, data=config.data, quality=config.vllm.jpeg_quality))
     ds = processor(ds.flat_map(partial(expand_samples, sampling=config.sampling)))
     ds = ds.map(partial(sample_result, query_columns=QUERY_SCHEMA.names))
-    return ds.groupby("clip_id").map_groups(
-        partial(collect_samples, schema=QUERY_SCHEMA, sampler=model_path, num_samples=config.sampling.num_samples),
-        batch_format="pyarrow")
+    # One collector actor, a sliver of a CPU: pure Python bookkeeping that streams (see SampleCollector).
+    return ds.map_batches(SampleCollector, fn_constructor_kwargs={
+        "schema": QUERY_SCHEMA, "sampler": model_path, "num_samples": config.sampling.num_samples},
+        batch_format="pyarrow", concurrency=1, num_cpus=0.1, batch_size=None)
 
 
 def add_transformers_sampler(ds: ray.data.Dataset, config: PreferenceConfig, model_path: str) -> ray.data.Dataset:

@@ -4,7 +4,10 @@ Why K requests with n=1 rather than one request with n=K: Ray 2.60's vLLM stage 
 each vLLM RequestOutput (ray/llm/_internal/batch/stages/vllm_engine_stage.py, vLLMOutputData), so n=K would
 pay for K answers and return one. Each query therefore fans out into K rows, sample k seeded with
 clip_seed(seed, clip_id) + k (reproducible per clip, like the transformers sampler), and the K answers are
-grouped back by clip. The K requests share their prompt and media byte for byte, so vLLM's prefix cache
+gathered back per clip by `SampleCollector`, one stateful actor that emits a query as soon as its last answer
+arrives: no groupby (a full shuffle, which holds every query until every sample of the round exists), so
+judging and committing start with the first complete query. The K requests share their prompt and media byte
+for byte, so vLLM's prefix cache
 (on by default here) serves the shared prefix once.
 
 Media are decoded once per query with the same decoder and budget as SFT (train.data.sed_data.load_media): the
@@ -117,6 +120,32 @@ def sample_result(row: dict[str, Any], query_columns: list[str]) -> dict[str, An
     out.update(sample_index=int(row["sample_index"]), sample_text=None if error else row.get("generated_text", ""),
                sample_failure=error[:300] or None)
     return out
+
+
+class SampleCollector:
+    """Ray Data callable (one actor, so it sees every sample row): buffers sample rows by clip and returns each
+    query row once all its answers are in (K, or the one placeholder row of a query whose media failed).
+
+    Rows arrive in any order and any block. A row seen twice (Ray re-runs a block after losing a worker) counts
+    once, by sample index. A query whose rows were lost with a killed collector never completes: it is not in the
+    ledger, so the next run samples it again (nothing is written half-done).
+    """
+
+    def __init__(self, schema: pa.Schema, sampler: str, num_samples: int) -> None:
+        self.schema, self.sampler, self.num_samples = schema, sampler, num_samples
+        self.pending: dict[str, dict[int, dict[str, Any]]] = {}
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        done = []
+        for row in table.to_pylist():
+            samples = self.pending.setdefault(row["clip_id"], {})
+            samples[int(row["sample_index"])] = row
+            expected = 1 if row["sample_index"] < 0 else self.num_samples
+            if len(samples) == expected:
+                rows = list(self.pending.pop(row["clip_id"]).values())
+                done.append(collect_samples(pa.Table.from_pylist(rows), self.schema, self.sampler,
+                                            self.num_samples))
+        return pa.concat_tables(done) if done else self.schema.empty_table()
 
 
 def collect_samples(group: pa.Table, schema: pa.Schema, sampler: str, num_samples: int) -> pa.Table:
