@@ -161,7 +161,7 @@ def write_neardup(args: argparse.Namespace, config: EngineConfig) -> int:
 
 def write_models(args: argparse.Namespace) -> int:
     from engine.devkit.benchmark_models import benchmark_models
-    from tests.engine.fake_openai import FakeOpenAI
+    from engine.devkit.fake_openai import FakeOpenAI
 
     results = benchmark_models(FakeOpenAI)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,7 @@ from engine.stages.model_stage import BatchedModelStage
 
 
 class LoopbackServer(Protocol):
-    """What the benchmark needs of the fake server (tests/engine/fake_openai.py: `[[sleep:S]]` in a prompt
+    """What the benchmark needs of the fake server (engine/devkit/fake_openai.py: `[[sleep:S]]` in a prompt
     delays its answer by S seconds)."""
 
     url: str

@@ -1,4 +1,4 @@
-"""HttpChatBackend against the scripted fake server in fake_openai.py (loopback only, tiny backoffs)."""
+"""HttpChatBackend against the scripted fake server in engine/devkit/fake_openai.py (loopback only, tiny backoffs)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from engine.core.config import ConfigError, load_config
 from engine.models.backends.base import ChatRequest, request_key
 from engine.models.backends.http import HttpBackendConfig, HttpChatBackend
 from engine.models.backends.response_cache import ResponseCache
-from tests.engine.fake_openai import FakeOpenAI
+from engine.devkit.fake_openai import FakeOpenAI
 
 _PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 

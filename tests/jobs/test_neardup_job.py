@@ -10,7 +10,7 @@ import pytest
 from engine.core.schema import clip_id_for
 from engine.dataset.writer import read_clip_table
 from tests.engine import neardup_set
-from tests.engine.fake_openai import FakeOpenAI
+from engine.devkit.fake_openai import FakeOpenAI
 from tests.jobs.helpers import run_build, split_config
 
 pytestmark = pytest.mark.slow

@@ -14,7 +14,7 @@ import pytest
 
 from engine.core import storage
 from engine.dataset.writer import read_clip_table
-from tests.engine.fake_openai import FakeOpenAI
+from engine.devkit.fake_openai import FakeOpenAI
 from tests.jobs.helpers import REPO, job_env, run_build, split_config
 
 pytestmark = pytest.mark.slow

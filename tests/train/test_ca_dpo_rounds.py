@@ -10,7 +10,7 @@ import pytest
 
 from engine.core.config_base import load_config
 from tests.conftest import RAY_TRAIN
-from tests.engine.fake_openai import FakeOpenAI
+from engine.devkit.fake_openai import FakeOpenAI
 from tests.train.test_build_preferences_job import Scripted, config_for, engine_output
 from train.preferences.build import read_ledger
 from train.preferences.schema import read_preferences

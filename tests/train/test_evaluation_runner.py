@@ -18,7 +18,7 @@ from engine.core.sed import sed_record
 from engine.dataset.holdout import TEST_SCHEMA
 from engine.models.backends.base import ChatResult
 from engine.models.prompts import FENCE_CLOSE, FENCE_OPEN
-from tests.engine.fake_openai import FakeOpenAI
+from engine.devkit.fake_openai import FakeOpenAI
 from train.evaluation import prompts, report
 from train.evaluation.benchmarks import get_benchmark
 from train.evaluation.judge_metrics import SABER_TEST_DIMENSIONS
