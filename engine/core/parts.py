@@ -213,7 +213,8 @@ def open_whole(directory: str, name: str) -> Iterator[BinaryIO]:
         try:
             yield handle
         except BaseException:
-            handle.discard()  # s3fs: nothing uploaded (a multipart upload is aborted)
+            handle.discard()  # s3fs: nothing uploaded (a multipart upload is aborted) ...
+            handle.closed = True  # ... and nothing on garbage collection either
             raise
         handle.close()
         return

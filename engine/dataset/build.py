@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,8 +17,11 @@ import pyarrow.compute as pc
 from engine.core import storage
 from engine.core.config import EngineConfig, dump_config
 from engine.core.failures import RETRYABLE
-from engine.dataset import curation, holdout, neardup
+from engine.core.parts import iter_parts
+from engine.core.schema import CLIP_SCHEMA
+from engine.dataset import curation, holdout, neardup, split_plan
 from engine.dataset.card import write_card
+from engine.dataset.ledger import AttemptLedger
 from engine.dataset.pipeline import build_plan, funnel_stages, minimum_resources, relation_plan
 from engine.dataset.report import build_report, write_report
 from engine.dataset.sources import list_source
@@ -25,6 +29,14 @@ from engine.dataset.writer import ClipTableWriter, read_clip_table
 from engine.ops import monitoring
 
 log = logging.getLogger(__name__)
+
+# What the step after the stream holds of every finished clip (with `annotated`, read from video_desc part by part):
+# the verdicts, what the report and the card count, and what the split groups by. No annotation text, transcript or
+# fingerprint: those are read part by part where a judge prompt or a record needs them.
+LIGHT_COLUMNS = ("clip_id", "source_uri", "source_video", "speaker", "dataset", "lang", "label", "status",
+                 "reject_stage", "reject_reason", "failure", "duration_s", "snr_db", "asr_wer", "duplicate_of")
+# The columns a curator's mark changes (engine.dataset.curation.apply_curation).
+CURATED_COLUMNS = ("status", "reject_stage", "reject_reason", "reject_detail", "failure", "provenance")
 
 
 @dataclass
@@ -123,9 +135,16 @@ def run_build(config: EngineConfig) -> dict[str, Any]:
         "clips_per_s": round(progress.done / progress.elapsed, 4),
         "media_seconds_per_s": round(progress.media_seconds / progress.elapsed, 4),
     }
+    return finish_build(config, run, writer.ledger)
+
+
+def finish_build(config: EngineConfig, run: dict[str, Any], ledger: AttemptLedger) -> dict[str, Any]:
+    """The global step after the stream, over every finished clip of the output (all runs): near-duplicates,
+    curation, report.json, the splits (sed/, saber_test/, exports/) and the dataset card. `run`: this run's figures
+    for the report. engine.devkit.scale_sim runs it alone on a simulated clip table."""
     near_duplicates = mark_near_duplicates(config)
-    table, curated = curate(config, read_clip_table(config.output))
-    pending = writer.ledger.pending(table.column("clip_id").to_pylist())
+    table, curated = curate(config, read_light_table(config.output))
+    pending = ledger.pending(table.column("clip_id"))
     if pending:
         log.warning("[build_saber] %d clips failed for a reason of the world (API, storage, memory: see report.json "
                     "`retry`) and are not finished: run the same command again to retry them", len(pending))
@@ -134,7 +153,7 @@ def run_build(config: EngineConfig) -> dict[str, Any]:
         report["near_duplicates"] = near_duplicates
     if curated is not None:
         report["curation"] = curated
-    report["splits"] = write_training_splits(config, table, writer.run_id)
+    report["splits"] = write_training_splits(config, table, run["run_id"])
     write_report(config.output, report)
     write_card(config.output, table, report)
     return report
@@ -159,17 +178,25 @@ def mark_near_duplicates(config: EngineConfig) -> dict[str, Any] | None:
 
 def curate(config: EngineConfig, table: pa.Table) -> tuple[pa.Table, dict[str, Any] | None]:
     """The finished clips with a curator's keep/drop marks applied (config.curation, written by jobs/browse.py), and
-    what they changed; the table as it is without a curation file."""
+    what they changed; the table as it is without a curation file. Only the marked rows are handled row by row; the
+    table may hold any of the clip columns (the verdict columns it has are updated)."""
     if not config.curation:
         return table, None
     decisions = curation.read_curation(config.curation)
-    curated = curation.apply_curation(table, decisions)
-    before, after = table.column("status").to_pylist(), curated.column("status").to_pylist()
-    known = set(table.column("clip_id").to_pylist())
+    ids = table.column("clip_id")
+    marked = table.filter(pc.is_in(ids, value_set=pa.array(sorted(decisions), pa.string())))
+    changed = curation.apply_curation(marked, decisions)
+    at = pc.index_in(ids, value_set=marked.column("clip_id"))
+    curated = table
+    for name in set(CURATED_COLUMNS) & set(table.column_names):
+        column = pc.if_else(pc.is_valid(at), changed.column(name).combine_chunks().take(at), table.column(name))
+        curated = curated.set_column(table.schema.get_field_index(name), table.schema.field(name), column)
+    before, after = marked.column("status").to_pylist(), changed.column("status").to_pylist()
+    known = pc.is_in(pa.array(sorted(decisions), pa.string()), value_set=ids)
     stats = {"file": config.curation, "marked": len(decisions),
              "dropped": sum(b == "kept" and a == "rejected" for b, a in zip(before, after, strict=True)),
              "kept_over_rejection": sum(b == "rejected" and a == "kept" for b, a in zip(before, after, strict=True)),
-             "unknown_clips": sorted(set(decisions) - known)[:20]}
+             "unknown_clips": [c for c, k in zip(sorted(decisions), known.to_pylist(), strict=True) if not k][:20]}
     log.info("[build_saber] curation: %s", stats)
     return curated, stats
 
@@ -191,20 +218,46 @@ def judge_relations(config: EngineConfig, pending: pa.Table, run_id: str) -> Non
 
 def write_training_splits(config: EngineConfig, table: pa.Table, run_id: str) -> dict[str, Any]:
     """The global step after the stream: relation verdicts for clips without one, the SABER-Test split,
-    sed/ without the test recordings, and the exports."""
-    candidates = holdout.sed_candidates(table)
+    sed/ without the test recordings, and the exports. `table`: read_light_table's (curated) columns; the texts are
+    read part by part from clips/ where a judge prompt or a record needs them."""
+    candidates = table.filter(pc.and_(pc.equal(table.column("status"), "kept"), table.column("annotated")))
     verdicts = None
     if config.saber_test.enabled:
-        verdicts = holdout.latest_verdicts(holdout.read_relations(config.output))
-        pending = holdout.pending_for_judge(candidates, verdicts)
+        verdicts = split_plan.verdict_table(holdout.read_relations(config.output))
+        todo = pc.invert(pc.is_in(candidates.column("clip_id"), value_set=split_plan.finished_ids(verdicts)))
+        pending = candidates.column("clip_id").filter(todo)
         log.info("[build_saber] relation judge: %d clips to judge, %d judged by earlier runs",
-                 pending.num_rows, candidates.num_rows - pending.num_rows)
-        if pending.num_rows:
-            judge_relations(config, pending, run_id)
-            verdicts = holdout.latest_verdicts(holdout.read_relations(config.output))
-    splits = holdout.make_splits(candidates, verdicts, config.saber_test.per_subset,
-                                 hold_out_speakers=config.saber_test.hold_out_speakers,
-                                 merged_recordings=neardup.recording_groups(table))
-    holdout.write_splits(config.output, splits, with_test=config.saber_test.enabled)
-    log.info("[build_saber] splits: %s", splits.stats)
-    return splits.stats
+                 len(pending), candidates.num_rows - len(pending))
+        if len(pending):
+            judge_relations(config, read_clip_rows(config.output, pending, holdout.JUDGE_COLUMNS), run_id)
+            verdicts = split_plan.verdict_table(holdout.read_relations(config.output))
+    merged = (neardup.recording_groups(table) if pc.any(pc.is_valid(table.column("duplicate_of"))).as_py()
+              else {})  # no clip is anybody's near-duplicate: no recordings to join
+    plan = split_plan.plan_splits(candidates.select(list(split_plan.PLAN_COLUMNS)), verdicts,
+                                  config.saber_test.per_subset, hold_out_speakers=config.saber_test.hold_out_speakers,
+                                  merged_recordings=merged)
+    holdout.write_split_records(config.output, iter_parts(storage.join(config.output, "clips"), CLIP_SCHEMA,
+                                                          holdout.RECORD_COLUMNS), plan, config.saber_test.enabled)
+    log.info("[build_saber] splits: %s", plan.stats)
+    return plan.stats
+
+
+def read_light_table(output: str) -> pa.Table:
+    """LIGHT_COLUMNS of every finished clip, and `annotated` (whether it has an annotation), read in parallel part by
+    part: the annotation texts, transcripts and fingerprints stay on disk."""
+    def light(part: pa.Table) -> pa.Table:
+        return part.drop_columns(["video_desc"]).append_column("annotated", pc.is_valid(part.column("video_desc")))
+
+    tables = [light(part) for part in iter_parts(storage.join(output, "clips"), CLIP_SCHEMA,
+                                                 [*LIGHT_COLUMNS, "video_desc"])]
+    return pa.concat_tables(tables) if tables else light(CLIP_SCHEMA.empty_table().select([*LIGHT_COLUMNS,
+                                                                                           "video_desc"]))
+
+
+def read_clip_rows(output: str, clip_ids: pa.Array | pa.ChunkedArray, columns: Iterable[str]) -> pa.Table:
+    """`columns` of the clips whose ids are given, in the clip table's order, read part by part (memory: those rows)."""
+    wanted = pc.unique(clip_ids.combine_chunks() if isinstance(clip_ids, pa.ChunkedArray) else clip_ids)
+    cols = list(dict.fromkeys(["clip_id", *columns]))
+    tables = [part.filter(pc.is_in(part.column("clip_id"), value_set=wanted)).select(list(columns))
+              for part in iter_parts(storage.join(output, "clips"), CLIP_SCHEMA, cols)]
+    return pa.concat_tables(tables) if tables else CLIP_SCHEMA.empty_table().select(list(columns))

@@ -7,29 +7,36 @@ only clips without a verdict yet; `saber_test/`, `sed/` and `exports/` are then 
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from engine.core import storage
 from engine.core.failures import FINAL, GAVE_UP, RETRYABLE
+from engine.core.parts import open_whole
 from engine.core.schema import ANNOTATION_FIELDS
 from engine.core.sed import SED_SCHEMA, sed_record
 from engine.dataset import exports
 from engine.dataset.ledger import settle
-from engine.dataset.saber_test import SaberTestCandidate, group_stats, select_test, split_train
+from engine.dataset.saber_test import SaberTestCandidate
+from engine.dataset.split_plan import SplitPlan, plan_splits, verdict_table
 from engine.dataset.writer import read_parts, write_parquet_whole
 from engine.stages.base import Row
 
 log = logging.getLogger(__name__)
 
 JUDGE_COLUMNS = ("clip_id", "source_video", *ANNOTATION_FIELDS)
+# What write_split_records reads of each clip to make its SED record (engine.core.sed.sed_record) and test record.
+RECORD_COLUMNS = ("clip_id", "source_uri", "source_video", "dataset", "lang", *ANNOTATION_FIELDS)
 
 RELATION_SCHEMA = pa.schema([
     pa.field("clip_id", pa.string(), nullable=False),
@@ -91,11 +98,8 @@ def _finished(verdict: dict[str, Any]) -> bool:
 
 def latest_verdicts(relations: pa.Table) -> dict[str, dict[str, Any]]:
     """One verdict per clip: the successful one if any (a clip is never judged again after it), else a finished
-    failure, else the latest retryable one."""
-    best: dict[str, dict[str, Any]] = {}
-    for row in sorted(relations.to_pylist(), key=lambda r: (r["verdict"] == "ok", _finished(r), r["judged_at"] or 0)):
-        best[row["clip_id"]] = row
-    return best
+    failure, else the latest retryable one (engine.dataset.split_plan.verdict_table)."""
+    return {row["clip_id"]: row for row in verdict_table(relations).to_pylist()}
 
 
 def retry_counts(relations: pa.Table) -> Counter[str]:
@@ -142,64 +146,34 @@ def make_splits(candidates: pa.Table, verdicts: dict[str, dict[str, Any]] | None
     recording, and with `hold_out_speakers` no speaker, has clips on both sides. `merged_recordings` (recording ->
     the recording standing for its group; engine.dataset.neardup.recording_groups) joins recordings linked by
     near-duplicates into one unit: no clip with a near-duplicate in training enters the test split, and no group
-    straddles."""
-    rows = candidates.to_pylist()
-    records = [sed_record(row) for row in rows]
-    if verdicts is None:
-        return Splits(train=records, stats={"sed_records": len(records), "sed_train": len(records)})
-    judged = [verdicts[r["clip_id"]] for r in rows if r["clip_id"] in verdicts]
-    # Groups come from the clip table as it is now (a rerun with a corrected manifest regroups without re-judging).
-    merged = merged_recordings or {}
-    own_video = {r["clip_id"]: r["source_video"] or r["source_uri"] for r in rows}
-    video_of = {cid: merged.get(video, video) for cid, video in own_video.items()}
-    speaker_of = {r["clip_id"]: r.get("speaker") for r in rows}
-    chosen = select_test([SaberTestCandidate(v["clip_id"], video_of[v["clip_id"]], v["av_relation"],
-                                             v["av_intensity"], v["av_reason"] or "", speaker_of[v["clip_id"]])
-                          for v in judged if v["verdict"] == "ok"], per_subset)
-    train = split_train(records, chosen, video_of, speaker_of if hold_out_speakers else None)
-    by_id = {r["clip_id"]: r for r in rows}
-    test = [_test_record(by_id[c.clip_id], c) for c in chosen]
-    selected = Counter(c.relation for c in chosen)
-    test_ids, train_ids = [c.clip_id for c in chosen], [r["clip_id"] for r in train]
-    test_videos = {video_of[i] for i in test_ids}
-    held_out = set(video_of) - set(test_ids) - set(train_ids)
-    stats = {
-        "sed_records": len(records), "sed_train": len(train),
-        "saber_test": {"consistent": selected["consistent"], "inconsistent": selected["inconsistent"],
-                       "requested_per_subset": per_subset},
-        # Clips neither in the test split nor in training: they share a recording with a test clip, or (held out
-        # by speaker) only a speaker.
-        "held_out_same_video": sum(video_of[i] in test_videos for i in held_out),
-        "held_out_same_speaker": sum(video_of[i] not in test_videos for i in held_out),
-        "groups": {"by": ["source_video", "speaker"] if hold_out_speakers else ["source_video"],
-                   **group_stats(test_ids, train_ids, video_of, speaker_of)},
-        "relations": _relation_stats(judged),
-    }
-    if merged:  # only when near-duplicates joined recordings: a build without any reports as before
-        stats["near_duplicates"] = _near_duplicate_stats(own_video, merged, test_ids, train_ids)
-    return Splits(train=train, test=test, stats=stats)
+    straddles. Groups come from the clip table as it is now (a rerun with a corrected manifest regroups without
+    re-judging). The selection is engine.dataset.split_plan's; the build streams the records (write_split_records)
+    where this holds them all."""
+    table = None if verdicts is None else pa.Table.from_pylist(list(verdicts.values()), schema=RELATION_SCHEMA)
+    plan = plan_splits(candidates, table, per_subset, hold_out_speakers, merged_recordings)
+    test_rows: dict[str, dict[str, Any]] = {}
+    train = [record for batch in _record_batches([candidates], plan, test_rows) for record in batch]
+    return Splits(train=train, test=[_test_record(test_rows[c.clip_id], c) for c in plan.test], stats=plan.stats)
 
 
-def _near_duplicate_stats(own_video: dict[str, str], merged: dict[str, str], test_ids: list[str],
-                          train_ids: list[str]) -> dict[str, Any]:
-    """Recordings joined by near-duplicates, and the joined groups on each side (`shared` is zero by construction)."""
-    linked = set(merged) | set(merged.values())
-    side = [{merged.get(own_video[i], own_video[i]) for i in ids if own_video[i] in linked}
-            for ids in (test_ids, train_ids)]
-    return {"linked_recordings": len({v for v in own_video.values() if v in linked}),
-            "groups_in_test": len(side[0]), "groups_in_train": len(side[1]), "shared": len(side[0] & side[1])}
+def _record_batches(parts: Iterable[pa.Table], plan: SplitPlan,
+                    test_rows: dict[str, dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    """Per part of the clip table: the SED records of its training clips; its test clips' rows go into `test_rows`
+    (2 x per_subset at most)."""
+    test_ids = pa.array([c.clip_id for c in plan.test], pa.string())
+    train = set(plan.train_ids.to_pylist())  # built once: an Arrow is_in would hash every training id for each part
+    for part in parts:
+        ids = part.column("clip_id")
+        if len(test_ids):
+            test_rows.update((r["clip_id"], r) for r in part.filter(pc.is_in(ids, value_set=test_ids)).to_pylist())
+        rows = part.filter(pa.array([cid in train for cid in ids.to_pylist()], pa.bool_())).to_pylist()
+        if rows:
+            yield [sed_record(row) for row in rows]
 
 
 def _test_record(row: dict[str, Any], chosen: SaberTestCandidate) -> dict[str, Any]:
     return {**sed_record(row), "av_relation": chosen.relation, "av_intensity": chosen.intensity,
             "av_reason": chosen.reason, **{k: row[k] for k in ANNOTATION_FIELDS}}
-
-
-def _relation_stats(judged: list[dict[str, Any]]) -> dict[str, Any]:
-    ok = [v for v in judged if v["verdict"] == "ok"]
-    return {"judged": len(judged), "consistent": sum(v["av_relation"] == "consistent" for v in ok),
-            "inconsistent": sum(v["av_relation"] == "inconsistent" for v in ok),
-            "failed": dict(Counter(v["fail_reason"] for v in judged if v["verdict"] != "ok").most_common())}
 
 
 def write_splits(output: str, splits: Splits, with_test: bool) -> None:
@@ -215,3 +189,51 @@ def write_splits(output: str, splits: Splits, with_test: bool) -> None:
 def write_exports(output: str, train: list[dict[str, Any]], test: list[dict[str, Any]] | None) -> None:
     """The same records as ms-swift and LLaMA-Factory multimodal JSONL under OUT/exports/ (engine.dataset.exports)."""
     exports.write_exports(storage.join(output, "exports"), {"saber_train": train, "saber_test": test or []})
+
+
+def write_split_records(output: str, parts: Iterable[pa.Table], plan: SplitPlan, with_test: bool) -> None:
+    """sed/, saber_test/ and exports/ as write_splits writes them, the training records streamed from `parts` (the
+    clip table part by part, RECORD_COLUMNS at least): memory holds one part's records, not the split's."""
+    test_rows: dict[str, dict[str, Any]] = {}
+    counts = {"saber_train": len(plan.train_ids), "saber_test": len(plan.test) if with_test else 0}
+    _write_dataset(output, "sed", SED_SCHEMA, "saber_train", _record_batches(parts, plan, test_rows), counts)
+    test = [_test_record(test_rows[c.clip_id], c) for c in plan.test]
+    _write_dataset(output, "saber_test" if with_test else None, TEST_SCHEMA, "saber_test", iter([test]), counts)
+    folder = storage.join(output, "exports")
+    fs, base = storage.filesystem(folder), storage.strip_protocol(folder)
+    info: dict[str, Any] = {}
+    for name, count in counts.items():
+        info |= exports.llama_factory_dataset_info(name, f"{name}.jsonl") if count else {}
+    fs.pipe_file(f"{base}/llama_factory/dataset_info.json", json.dumps(info, indent=2).encode("utf-8"))
+
+
+def _write_dataset(output: str, folder: str | None, schema: pa.Schema, name: str,
+                   batches: Iterator[list[dict[str, Any]]], counts: dict[str, int]) -> None:
+    """Records into OUTPUT/folder/part-00000.parquet (folder None: no Parquet) and OUTPUT/exports/<framework>/
+    <name>.jsonl, each file appearing whole; a dataset without records loses the export files of an earlier run
+    (both loaders crash on an empty file), as engine.dataset.exports.write_exports does."""
+    exports_dir = storage.join(output, "exports")
+    with ExitStack() as stack:
+        writer = None if folder is None else pq.ParquetWriter(
+            stack.enter_context(open_whole(storage.join(output, folder), "part-00000.parquet")), schema)
+        lines = {fw: stack.enter_context(open_whole(storage.join(exports_dir, fw), f"{name}.jsonl"))
+                 for fw in exports.FRAMEWORKS} if counts[name] else {}
+        for batch in batches:
+            if writer is not None:
+                writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+            done: list[tuple[list[dict[str, Any]], bytes]] = []
+            for fw, handle in lines.items():
+                rows = [exports.CONVERTERS[False][fw](r) for r in batch]
+                # Both layouts' SFT rows are alike today: JSON (most of this step's time) is made once for both.
+                text = next((t for earlier, t in done if earlier == rows), None) or "".join(
+                    json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode()
+                done.append((rows, text))
+                handle.write(text)
+        if writer is not None:
+            writer.close()
+    fs = storage.filesystem(exports_dir)
+    for fw in exports.FRAMEWORKS:
+        fs.makedirs(f"{storage.strip_protocol(exports_dir)}/{fw}", exist_ok=True)
+        path = f"{storage.strip_protocol(exports_dir)}/{fw}/{name}.jsonl"
+        if not counts[name] and fs.exists(path):
+            fs.rm(path)

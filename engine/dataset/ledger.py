@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from engine.core import storage
 from engine.core.failures import GAVE_UP, RETRYABLE, FailureClass, gave_up_detail
@@ -95,7 +96,13 @@ class AttemptLedger:
         write_parquet_whole(self.dir, f"{PART_PREFIX}{self.run_id}-{self._parts:05d}.parquet", table)
         self._pending, self._parts = [], self._parts + 1
 
-    def pending(self, finished: Iterable[str]) -> dict[str, Attempts]:
-        """Items whose last run failed for a reason of the world and that no run has finished since."""
-        done = set(finished)
-        return {key: attempts for key, attempts in self.load().items() if key not in done}
+    def pending(self, finished: Iterable[str] | pa.Array | pa.ChunkedArray) -> dict[str, Attempts]:
+        """Items whose last run failed for a reason of the world and that no run has finished since. `finished` may
+        be an Arrow column (a build's clip ids): the ledger's few keys are looked up in it, no Python set is made."""
+        earlier = self.load()
+        keys = pa.array(list(earlier), pa.string())
+        done = finished if isinstance(finished, pa.Array | pa.ChunkedArray) else pa.array(list(finished), pa.string())
+        if isinstance(done, pa.ChunkedArray):
+            done = done.combine_chunks()
+        still = pc.invert(pc.is_in(keys, value_set=done))
+        return {key: earlier[key] for key in keys.filter(still).to_pylist()}

@@ -12,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: workers and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import pyarrow as pa  # noqa: E402
+import pyarrow.compute as pc  # noqa: E402
 
 from engine.core import storage  # noqa: E402
 from engine.core.failures import GAVE_UP  # noqa: E402
@@ -22,24 +23,24 @@ def build_report(table: pa.Table, stages: list[str], run: dict[str, Any],
                  pending: dict[str, Attempts] | None = None) -> dict[str, Any]:
     """Counts over every finished clip of the output (all runs), plus this run's throughput figures in `run`.
     `pending`: clips not finished because runs failed them for a reason of the world (engine.dataset.ledger), with
-    their last reason; `gave_up`: clips finished as rejected after too many such failures."""
-    status = table.column("status").to_pylist()
-    stage_col = table.column("reject_stage").to_pylist()
-    reason_col = table.column("reject_reason").to_pylist()
-    durations = table.column("duration_s").to_pylist()
-    by_stage = Counter(s for s, st in zip(stage_col, status, strict=True) if st == "rejected")
-    by_reason = Counter(f"{s}/{r}" for s, r, st in zip(stage_col, reason_col, status, strict=True) if st == "rejected")
-    remaining, funnel = len(status), [{"stage": "input", "remaining": len(status)}]
+    their last reason; `gave_up`: clips finished as rejected after too many such failures. Counted in Arrow: `table`
+    needs only status, reject_stage, reject_reason, failure and duration_s."""
+    status = table.column("status")
+    rejected = table.filter(pc.equal(status, "rejected"))
+    by_stage = _counts(rejected.column("reject_stage"))
+    by_reason = _counts(_stage_reason(rejected))
+    remaining, funnel = table.num_rows, [{"stage": "input", "remaining": table.num_rows}]
     for stage in stages:
         remaining -= by_stage.get(stage, 0)
         funnel.append({"stage": stage, "remaining": remaining, "rejected": by_stage.get(stage, 0)})
-    kept_seconds = sum(d or 0.0 for d, st in zip(durations, status, strict=True) if st == "kept")
+    kept = pc.fill_null(pc.equal(status, "kept"), False)
+    kept_seconds = pc.sum(table.column("duration_s").filter(kept)).as_py() or 0.0
     return {
-        "input": len(status),
-        "kept": status.count("kept"),
-        "rejected": status.count("rejected"),
-        "rejected_by_stage": dict(by_stage.most_common()),
-        "rejected_by_reason": dict(by_reason.most_common()),
+        "input": table.num_rows,
+        "kept": pc.sum(kept).as_py() or 0,
+        "rejected": rejected.num_rows,
+        "rejected_by_stage": by_stage,
+        "rejected_by_reason": by_reason,
         "funnel": funnel,
         "kept_media_hours": round(kept_seconds / 3600, 4),
         "retry": _retry_section(table, pending or {}),
@@ -47,15 +48,29 @@ def build_report(table: pa.Table, stages: list[str], run: dict[str, Any],
     }
 
 
+def _stage_reason(table: pa.Table) -> pa.Array:
+    """"stage/reason" per row, "None" for a missing part (as an f-string of the two values writes it)."""
+    def text(name: str) -> pa.Array:
+        return pc.fill_null(table.column(name).combine_chunks(), "None")
+
+    return pc.binary_join_element_wise(text("reject_stage"), text("reject_reason"), "/")
+
+
+def _counts(values: pa.Array | pa.ChunkedArray) -> dict[Any, int]:
+    """Counter(values).most_common() as a dict: most frequent first, ties in order of first appearance."""
+    if not len(values):
+        return {}
+    pairs = [(c["values"], c["counts"]) for c in pc.value_counts(values).to_pylist()]
+    return dict(sorted(pairs, key=lambda pair: -pair[1]))
+
+
 def _retry_section(table: pa.Table, pending: dict[str, Attempts]) -> dict[str, Any]:
-    failure = table.column("failure").to_pylist()
-    reasons = [f"{s}/{r}" for s, r, f in zip(table.column("reject_stage").to_pylist(),
-                                             table.column("reject_reason").to_pylist(), failure, strict=True)
-               if f == GAVE_UP]
+    gave_up = table.filter(pc.fill_null(pc.equal(table.column("failure"), GAVE_UP), False))
+    reasons = _counts(_stage_reason(gave_up))
     return {"pending": len(pending),
             "pending_by_reason": dict(Counter(f"{a.stage}/{a.reason}" for a in pending.values()).most_common()),
             "pending_attempts": dict(sorted(Counter(a.count for a in pending.values()).items())),
-            "gave_up": len(reasons), "gave_up_by_reason": dict(Counter(reasons).most_common())}
+            "gave_up": gave_up.num_rows, "gave_up_by_reason": reasons}
 
 
 def plot_report(report: dict[str, Any]) -> bytes:

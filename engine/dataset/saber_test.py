@@ -11,6 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 
 @dataclass(frozen=True)
 class SaberTestCandidate:
@@ -38,6 +41,31 @@ def select_test(candidates: list[SaberTestCandidate], per_subset: int) -> list[S
                 continue
             seen.add(candidate.source_video)
             picked.append(candidate)
+            if len(picked) == per_subset:
+                break
+        chosen += picked
+    return chosen
+
+
+def select_test_table(judged: pa.Table, per_subset: int, window: int = 4096) -> list[SaberTestCandidate]:
+    """select_test on an Arrow table (columns clip_id, source_video, relation, intensity, reason, speaker), sorting in
+    Arrow and making Python objects only for the rows it walks past: a few more than `per_subset` a subset, however
+    many candidates there are."""
+    chosen: list[SaberTestCandidate] = []
+    for relation in ("consistent", "inconsistent"):
+        pool = judged.filter(pc.equal(judged.column("relation"), relation))
+        pool = pool.take(pc.sort_indices(pool, [("intensity", "descending"), ("clip_id", "ascending")]))
+        seen: set[str] = set()
+        picked: list[SaberTestCandidate] = []
+        for start in range(0, pool.num_rows, window):
+            for row in pool.slice(start, window).to_pylist():
+                if row["source_video"] in seen:
+                    continue
+                seen.add(row["source_video"])
+                picked.append(SaberTestCandidate(row["clip_id"], row["source_video"], relation, row["intensity"],
+                                                 row["reason"] or "", row["speaker"]))
+                if len(picked) == per_subset:
+                    break
             if len(picked) == per_subset:
                 break
         chosen += picked

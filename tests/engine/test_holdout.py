@@ -1,6 +1,8 @@
 """The step after the stream: relation verdicts (persisted, resumable), SABER-Test, sed/ and the exports."""
 
 import json
+import random
+from datetime import datetime, timezone
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -243,3 +245,76 @@ def test_groups_come_from_the_clip_table_not_from_the_verdicts_of_an_earlier_bui
         verdict["source_video"] = "stale"  # as if every clip had been judged under one old recording name
     splits = holdout.make_splits(holdout.sed_candidates(clips), verdicts, per_subset=2)
     assert len(splits.test) == 4 and splits.stats["groups"]["recordings"]["test"] == 3
+
+
+def _random_build(seed, clips=300):
+    """Clips over 60 recordings and 25 speakers, some unannotated or rejected, verdicts with ties in intensity."""
+    rng = random.Random(seed)
+    spec = [(f"k{i:03d}", f"v{rng.randrange(60)}", rng.choice(["kept"] * 5 + ["rejected"]), rng.random() > 0.1)
+            for i in range(clips)]
+    table = _clips(spec)
+    speakers = pa.array([f"s{rng.randrange(25)}" if rng.random() > 0.2 else None for _ in range(clips)])
+    table = table.set_column(table.schema.get_field_index("speaker"), "speaker", speakers)
+    judged = {name: (rng.choice(["consistent", "inconsistent"]), rng.randrange(11)) if rng.random() > 0.1
+              else "judge_unparseable" for name, *_ in spec if rng.random() > 0.15}
+    return table, _verdicts(table, judged)
+
+
+def test_arrow_selection_picks_what_the_python_rule_picks():
+    """select_test_table (Arrow, walks only the top of each subset) against select_test (every candidate in Python)
+    on random candidates with tied intensities and shared recordings."""
+    from engine.dataset.saber_test import SaberTestCandidate, select_test, select_test_table
+
+    rng = random.Random(7)
+    pool = [SaberTestCandidate(f"c{i:04d}", f"v{rng.randrange(40)}", rng.choice(["consistent", "inconsistent"]),
+                               rng.randrange(11), f"r{i}", rng.choice([None, "s1", "s2"])) for i in range(2000)]
+    table = pa.table({"clip_id": [c.clip_id for c in pool], "source_video": [c.source_video for c in pool],
+                      "relation": [c.relation for c in pool], "intensity": [c.intensity for c in pool],
+                      "reason": [c.reason for c in pool], "speaker": pa.array([c.speaker for c in pool], pa.string())})
+    for per_subset in (1, 7, 39, 500):  # 500: more than there are recordings
+        assert select_test_table(table, per_subset, window=16) == select_test(pool, per_subset)
+
+
+def test_verdict_table_keeps_the_verdict_the_rule_says():
+    """One verdict a clip: a success over any failure, a finished failure over a retryable one, else the latest."""
+    from engine.dataset.split_plan import verdict_table
+
+    t = [datetime(2026, 1, d, tzinfo=timezone.utc) for d in (1, 2, 3, 4)]
+    rows = [("a", "failed", "retryable", t[3]), ("a", "ok", None, t[0]), ("a", "failed", "final", t[2]),
+            ("b", "failed", "retryable", t[0]), ("b", "failed", "gave_up", t[1]), ("b", "failed", "retryable", t[3]),
+            ("c", "failed", "retryable", t[1]), ("c", "failed", None, t[2]), ("d", "ok", None, t[0]),
+            ("d", "ok", None, t[1])]
+    table = pa.Table.from_pylist([{"clip_id": c, "verdict": v, "failure": f, "judged_at": at, "fail_detail": str(n)}
+                                  for n, (c, v, f, at) in enumerate(rows)], schema=holdout.RELATION_SCHEMA)
+    latest = {r["clip_id"]: r["fail_detail"] for r in verdict_table(table).to_pylist()}
+    assert latest == {"a": "1", "b": "4", "c": "7", "d": "9"}
+    assert holdout.latest_verdicts(table)["b"]["failure"] == "gave_up"
+
+
+def test_streamed_records_equal_the_records_made_in_memory(tmp_path):
+    """The build's path (selection on a few columns, records streamed from the clip table in parts) writes the same
+    sed/, saber_test/ and exports as make_splits + write_splits, with speakers held out."""
+    from engine.dataset.split_plan import PLAN_COLUMNS, plan_splits
+
+    table, verdicts = _random_build(3)
+    candidates = holdout.sed_candidates(table)
+    splits = holdout.make_splits(candidates, verdicts, per_subset=6, hold_out_speakers=True)
+    holdout.write_splits(str(tmp_path / "memory"), splits, with_test=True)
+    relations = pa.Table.from_pylist(list(verdicts.values()), schema=holdout.RELATION_SCHEMA)
+    plan = plan_splits(candidates.select(list(PLAN_COLUMNS)), relations, 6, hold_out_speakers=True)
+    assert plan.stats == splits.stats and len(plan.test) == 12
+    parts = (table.slice(start, 37).select(list(holdout.RECORD_COLUMNS)) for start in range(0, table.num_rows, 37))
+    holdout.write_split_records(str(tmp_path / "stream"), parts, plan, with_test=True)
+    files = sorted(p.relative_to(tmp_path / "memory") for p in (tmp_path / "memory").rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(tmp_path / "stream") for p in (tmp_path / "stream").rglob("*") if p.is_file())
+    for name in files:
+        memory, stream = tmp_path / "memory" / name, tmp_path / "stream" / name
+        if name.suffix == ".parquet":
+            assert pq.read_table(stream).equals(pq.read_table(memory)), name
+        else:
+            assert stream.read_bytes() == memory.read_bytes(), name
+    train = pq.read_table(tmp_path / "stream" / "sed" / "part-00000.parquet")
+    assert train.num_rows == splits.stats["sed_train"] > 0
+    speaker_of = dict(zip(table.column("clip_id").to_pylist(), table.column("speaker").to_pylist(), strict=True))
+    test_speakers = {c.speaker for c in plan.test if c.speaker}
+    assert not test_speakers & {speaker_of[c] for c in train.column("clip_id").to_pylist()}
