@@ -256,8 +256,8 @@ def read_light_table(output: str) -> pa.Table:
 
 def read_clip_rows(output: str, clip_ids: pa.Array | pa.ChunkedArray, columns: Iterable[str]) -> pa.Table:
     """`columns` of the clips whose ids are given, in the clip table's order, read part by part (memory: those rows)."""
-    wanted = pc.unique(clip_ids.combine_chunks() if isinstance(clip_ids, pa.ChunkedArray) else clip_ids)
+    wanted = set(clip_ids.to_pylist())  # hashed once: an Arrow is_in would hash all of them again for each part
     cols = list(dict.fromkeys(["clip_id", *columns]))
-    tables = [part.filter(pc.is_in(part.column("clip_id"), value_set=wanted)).select(list(columns))
-              for part in iter_parts(storage.join(output, "clips"), CLIP_SCHEMA, cols)]
+    tables = [part.filter(pa.array([cid in wanted for cid in part.column("clip_id").to_pylist()], pa.bool_()))
+              .select(list(columns)) for part in iter_parts(storage.join(output, "clips"), CLIP_SCHEMA, cols)]
     return pa.concat_tables(tables) if tables else CLIP_SCHEMA.empty_table().select(list(columns))

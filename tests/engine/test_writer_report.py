@@ -253,3 +253,24 @@ def test_resume_and_streamed_files_on_s3(moto_s3):
         handle.write(b"half")
         raise RuntimeError("killed while writing")
     assert not fs.exists("saber-test/build/sed/b.jsonl")
+
+
+def test_the_step_after_the_stream_reads_rows_and_light_columns_part_by_part(tmp_path):
+    """build.read_clip_rows: the named clips' columns in the clip table's order, from any part; read_light_table:
+    the few columns of every clip and whether it is annotated, without the annotation texts."""
+    from engine.dataset.build import LIGHT_COLUMNS, read_clip_rows, read_light_table
+
+    writer = ClipTableWriter(str(tmp_path), flush_rows=4)
+    for n in range(3):
+        table = _table([f"c{n}-{i}" for i in range(4)])
+        desc = pa.array([f"scene {n}-{i}" if i % 2 else None for i in range(4)], pa.string())
+        writer.add(table.set_column(table.schema.get_field_index("video_desc"), "video_desc", desc))
+    rows = read_clip_rows(str(tmp_path), pa.chunked_array([["c2-1", "c0-3"], ["c1-0", "nowhere"]]),
+                          ["video_desc", "clip_id"])
+    assert rows.column_names == ["video_desc", "clip_id"]
+    assert rows.to_pylist() == [{"video_desc": "scene 0-3", "clip_id": "c0-3"},
+                                {"video_desc": None, "clip_id": "c1-0"},
+                                {"video_desc": "scene 2-1", "clip_id": "c2-1"}]
+    light = read_light_table(str(tmp_path))
+    assert light.column_names == [*LIGHT_COLUMNS, "annotated"]
+    assert light.column("annotated").to_pylist() == [False, True] * 6
