@@ -31,6 +31,7 @@ from engine.stages.asr import AsrWerFilterStage
 from engine.stages.base import Row, RowStage
 from engine.stages.decode import DecodeStage
 from engine.stages.fingerprint import FingerprintStage
+from engine.stages.model_stage import batches_per_actor
 from engine.stages.noise import NoiseFilterStage
 from engine.stages.probe import ProbeStage
 
@@ -258,9 +259,19 @@ def table_blocks(table: pa.Table, block_rows: int) -> ray.data.Dataset:
     return ray.data.from_arrow([table.slice(i, block_rows) for i in range(0, table.num_rows, block_rows)] or [table])
 
 
+def pool_backend(config: EngineConfig, stage: str) -> BackendConfig | None:
+    """The chat backend a pool's stage calls; None for stages without one (ASR, embedding consistency)."""
+    if stage == "consistency":
+        return config.consistency.judge.backend if config.consistency.method == "judge" else None
+    return {"annotate": config.annotate.backend, "describe": config.describe.backend}.get(stage)
+
+
 def pool_map(ds: ray.data.Dataset, callable_class: type, constructor_kwargs: dict[str, Any],
-             pool: PoolConfig) -> ray.data.Dataset:
-    """One actor pool sized and resourced by `pool` (the model loads once per actor), rows in = rows out."""
+             pool: PoolConfig, calls: int = 1) -> ray.data.Dataset:
+    """One actor pool sized and resourced by `pool` (the model loads once per actor), rows in = rows out. Each actor
+    runs `calls` batches at once in threads (HTTP stages: engine.stages.model_stage.batches_per_actor), so one
+    batch waiting on a slow answer does not idle the backend's max_concurrency window."""
+    threads = {"max_concurrent_calls_per_actor": calls, "enable_true_multi_threading": True} if calls > 1 else {}
     return ds.map_batches(
         callable_class,
         fn_constructor_kwargs=constructor_kwargs,
@@ -268,7 +279,7 @@ def pool_map(ds: ray.data.Dataset, callable_class: type, constructor_kwargs: dic
         batch_size=pool.batch_size,
         num_cpus=pool.num_cpus,
         num_gpus=pool.num_gpus,
-        compute=ray.data.ActorPoolStrategy(min_size=pool.concurrency[0], max_size=pool.concurrency[1]),
+        compute=ray.data.ActorPoolStrategy(min_size=pool.concurrency[0], max_size=pool.concurrency[1], **threads),
         udf_modifying_row_count=False,
     )
 
@@ -277,8 +288,9 @@ def relation_plan(table: pa.Table, config: EngineConfig) -> ray.data.Dataset:
     """Judge rows (engine.dataset.holdout.JUDGE_COLUMNS) -> one relation verdict row each, in an actor pool."""
     from engine.dataset.holdout import RelationBatch
 
-    return pool_map(table_blocks(table, config.block_rows), RelationBatch,
-                    {"factory": partial(relation_stage, config)}, config.saber_test.judge.pool)
+    judge = config.saber_test.judge
+    return pool_map(table_blocks(table, config.block_rows), RelationBatch, {"factory": partial(relation_stage, config)},
+                    judge.pool, batches_per_actor(judge.backend, judge.pool.batch_size))
 
 
 def build_plan(source: pa.Table, config: EngineConfig) -> ray.data.Dataset:
@@ -314,5 +326,6 @@ def build_plan(source: pa.Table, config: EngineConfig) -> ray.data.Dataset:
         if uses_vllm_batch(config, stage):
             ds = add_vllm_describe(ds, config, schema)
             continue
-        ds = pool_map(ds, StageChain, {"factories": [factory], "schema": schema}, pool)
+        calls = batches_per_actor(pool_backend(config, stage), pool.batch_size)
+        ds = pool_map(ds, StageChain, {"factories": [factory], "schema": schema}, pool, calls)
     return ds

@@ -211,16 +211,18 @@ def test_build_plan_chains_media_tasks_then_one_actor_pool_per_model_stage(monke
     assert media["compute"] == ray.data.TaskPoolStrategy(size=6)  # the media pool's maximum
     assert media["udf_modifying_row_count"] is False
 
-    expected = {  # stage: (factory function, ActorPool min/max, batch_size, num_cpus, num_gpus)
-        "annotate": (annotate, annotate_stage, 2, 5, 2, 1.5, 0.0),
-        "asr": (asr, AsrWerFilterStage, 3, 4, 16, 1.0, 0.25),
-        "consistency": (judge, pipeline.consistency_stage, 1, 3, 4, 0.25, 0.0),
+    expected = {  # stage: (factory function, ActorPool min/max, batch_size, num_cpus, num_gpus, batches at once)
+        # HTTP stages (max_concurrency 8) run ceil(2 x 8 / batch_size) batches at once per actor; local models one.
+        "annotate": (annotate, annotate_stage, 2, 5, 2, 1.5, 0.0, 8),
+        "asr": (asr, AsrWerFilterStage, 3, 4, 16, 1.0, 0.25, 1),
+        "consistency": (judge, pipeline.consistency_stage, 1, 3, 4, 0.25, 0.0, 4),
     }
-    for stage, ((fn, kwargs), factory_fn, low, high, batch, cpus, gpus) in expected.items():
+    for stage, ((fn, kwargs), factory_fn, low, high, batch, cpus, gpus, calls) in expected.items():
         assert fn is StageChain, stage
         [factory] = kwargs["fn_constructor_kwargs"]["factories"]
         assert factory.func is factory_fn, stage
-        assert kwargs["compute"] == ray.data.ActorPoolStrategy(min_size=low, max_size=high), stage
+        threads = {"max_concurrent_calls_per_actor": calls, "enable_true_multi_threading": True} if calls > 1 else {}
+        assert kwargs["compute"] == ray.data.ActorPoolStrategy(min_size=low, max_size=high, **threads), stage
         assert (kwargs["batch_size"], kwargs["num_cpus"], kwargs["num_gpus"]) == (batch, cpus, gpus), stage
         assert kwargs["udf_modifying_row_count"] is False and kwargs["batch_format"] == "pyarrow", stage
     assert vllm[:2] == ("vllm_describe", config)  # in describe's place, between asr and consistency
