@@ -26,7 +26,7 @@ if __package__ in (None, ""):
 import ray  # noqa: E402
 
 from engine.core.config import ConfigError, load_config  # noqa: E402
-from train.recipes.lifecycle import LifecycleConfig, StepFailed, plan, run_steps  # noqa: E402
+from train.recipes.lifecycle import LifecycleConfig, StepFailed, is_done, plan, run_steps  # noqa: E402
 from train.recipes.lifecycle_page import write_page  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,11 +48,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.chdir(REPO)  # the steps' configs and scripts are named relative to the repository root
     started = time.monotonic()
-    if not os.environ.get("RAY_ADDRESS"):  # one local cluster for every step, instead of one start per step
+    steps = plan(config)
+    # One local cluster for every step, instead of one start per step; none when every step is done already.
+    if not os.environ.get("RAY_ADDRESS") and not all(is_done(config.output, step) for step in steps):
         ray.init(include_dashboard=False)
         os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     try:
-        results = run_steps(config, plan(config))
+        results = run_steps(config, steps)
     except StepFailed as err:
         print(err, file=sys.stderr)
         write_page(config, err.results, time.monotonic() - started)
