@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = plan(config)
     # One local cluster for every step, instead of one start per step; none when every step is done already.
     if not os.environ.get("RAY_ADDRESS") and not all(is_done(config.output, step) for step in steps):
-        ray.init(include_dashboard=False)
+        ray.init()
         os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     try:
         results = run_steps(config, steps)

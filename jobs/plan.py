@@ -23,7 +23,8 @@ if __package__ in (None, ""):  # `python jobs/plan.py` puts jobs/ on sys.path, n
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.core.config_base import ConfigError, load_config  # noqa: E402
-from engine.ops.capacity import PlanConfig, format_plan, overrides_from_benchmark, plan  # noqa: E402
+from engine.ops.capacity import PlanConfig, plan  # noqa: E402
+from engine.ops.capacity_io import format_plan, overrides_from_benchmark  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

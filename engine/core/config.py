@@ -195,6 +195,9 @@ class SaberTestConfig(ConfigSection):
     # clip's speaker (the manifest's `speaker`, from the corpus adapters) leaves sed/ too. Clips without a speaker
     # are grouped by recording only.
     hold_out_speakers: bool = False
+    # Judge each kept clip inside the stream, in the build's last actor pool (engine.dataset.relation_stream), so the
+    # step after the stream only selects. False: every clip is judged after the stream, all at once.
+    judge_in_stream: bool = True
 
     @model_validator(mode="after")
     def _judge_when_enabled(self) -> SaberTestConfig:

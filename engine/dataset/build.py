@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,10 +20,10 @@ from engine.core.config import EngineConfig, dump_config
 from engine.core.failures import RETRYABLE
 from engine.core.parts import iter_parts
 from engine.core.schema import CLIP_SCHEMA
-from engine.dataset import curation, holdout, neardup, split_plan
+from engine.dataset import curation, holdout, neardup, relation_stream, split_plan
 from engine.dataset.card import write_card
 from engine.dataset.ledger import AttemptLedger
-from engine.dataset.pipeline import build_plan, funnel_stages, minimum_resources, relation_plan
+from engine.dataset.pipeline import build_plan, funnel_stages, judges_in_stream, minimum_resources, relation_plan
 from engine.dataset.report import build_report, write_report
 from engine.dataset.sources import list_source
 from engine.dataset.writer import ClipTableWriter, read_clip_table
@@ -102,6 +103,14 @@ def warn_if_pools_do_not_fit(config: EngineConfig) -> None:
                         "or concurrency)", amount, resource, have.get(resource, 0.0))
 
 
+def relation_sink(config: EngineConfig, run_id: str) -> relation_stream.RelationSink:
+    """Where the stream's relation verdicts go; earlier builds' retryable failures count toward max_attempts."""
+    earlier = Counter[str]()
+    if judges_in_stream(config):
+        earlier = holdout.retry_counts(holdout.read_relations(config.output))
+    return relation_stream.RelationSink(config.output, run_id, config.max_attempts, earlier)
+
+
 def run_build(config: EngineConfig) -> dict[str, Any]:
     config = config.model_copy(update={"input": storage.absolute(config.input),
                                        "output": storage.absolute(config.output)})
@@ -112,13 +121,18 @@ def run_build(config: EngineConfig) -> dict[str, Any]:
              total, skipped, todo.num_rows, writer.run_id)
     monitoring.record_build_start(todo.num_rows, skipped)  # Prometheus/dashboard; a no-op without Ray
     progress = Progress(total=todo.num_rows, every=config.summary_seconds)
+    relations = relation_sink(config, writer.run_id)
     if todo.num_rows:
         warn_if_pools_do_not_fit(config)
         for batch in build_plan(todo, config).iter_batches(batch_format="pyarrow", batch_size=None):
+            batch, verdicts = relation_stream.split_batch(batch)
+            committed = writer.parts_written
             writer.add(batch)
+            relations.add(verdicts, clip_part_committed=writer.parts_written > committed)
             progress.update(batch)
             monitoring.record_clip_batch(batch)
     writer.close()
+    relations.flush()  # after the last clip part: a verdict is never saved ahead of its clip's part
     log.info("%s", progress.line())
     unprocessed = todo.num_rows - progress.done
     if unprocessed:  # blocks Ray Data dropped under media.max_errored_blocks: not finished, the next run does them
@@ -130,6 +144,7 @@ def run_build(config: EngineConfig) -> dict[str, Any]:
         "skipped_already_done": skipped,
         "duplicates_dropped": writer.duplicates_dropped,
         "retryable_failures": writer.retries_recorded,
+        "relation_verdicts_in_stream": relations.saved,
         "unprocessed": unprocessed,
         "seconds": round(progress.elapsed, 3),
         "clips_per_s": round(progress.done / progress.elapsed, 4),
@@ -226,7 +241,8 @@ def write_training_splits(config: EngineConfig, table: pa.Table, run_id: str) ->
         verdicts = split_plan.verdict_table(holdout.read_relations(config.output))
         todo = pc.invert(pc.is_in(candidates.column("clip_id"), value_set=split_plan.finished_ids(verdicts)))
         pending = candidates.column("clip_id").filter(todo)
-        log.info("[build_saber] relation judge: %d clips to judge, %d judged by earlier runs",
+        log.info("[build_saber] relation judge after the stream: %d clips to judge, %d judged already (in the stream "
+                 "or by earlier runs)",
                  len(pending), candidates.num_rows - len(pending))
         if len(pending):
             judge_relations(config, read_clip_rows(config.output, pending, holdout.JUDGE_COLUMNS), run_id)

@@ -124,13 +124,14 @@ def pending_for_judge(candidates: pa.Table, verdicts: dict[str, dict[str, Any]])
         list(JUDGE_COLUMNS))
 
 
-def save_relations(output: str, run_id: str, table: pa.Table, part: int = 0) -> None:
+def save_relations(output: str, run_id: str, table: pa.Table, part: int = 0, stem: str = "") -> None:
+    """One relations/ part; `stem` keeps apart the part series of one run (the stream's "s", the global step's "")."""
     if not table.num_rows:
         return
     now = pa.array([datetime.now(timezone.utc)] * table.num_rows, pa.timestamp("ms", tz="UTC"))
     table = table.set_column(table.schema.get_field_index("run_id"), "run_id", pa.array([run_id] * table.num_rows))
     table = table.set_column(table.schema.get_field_index("judged_at"), "judged_at", now)
-    write_parquet_whole(storage.join(output, "relations"), f"part-{run_id}-{part:05d}.parquet", table)
+    write_parquet_whole(storage.join(output, "relations"), f"part-{run_id}-{stem}{part:05d}.parquet", table)
 
 
 @dataclass

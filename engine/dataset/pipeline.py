@@ -238,9 +238,16 @@ class StageChain:
         return _finish(rows, self.schema)
 
 
+def judges_in_stream(config: EngineConfig) -> bool:
+    """Whether the relation judge is the stream's last pool (engine.dataset.relation_stream)."""
+    return config.saber_test.enabled and config.saber_test.judge.enabled and config.saber_test.judge_in_stream
+
+
 def minimum_resources(config: EngineConfig) -> dict[str, float]:
     """CPUs/GPUs the plan needs to run at all: every pool at its minimum size plus one media task."""
     pools = [pool for stage, _, pool in model_pools(config) if not uses_vllm_batch(config, stage)]
+    if judges_in_stream(config):
+        pools.append(config.saber_test.judge.pool)
     need = {"CPU": config.resources.media_num_cpus + sum(p.concurrency[0] * p.num_cpus for p in pools),
             "GPU": sum(p.concurrency[0] * p.num_gpus for p in pools)}
     if uses_vllm_batch(config, "describe"):
@@ -294,7 +301,8 @@ def relation_plan(table: pa.Table, config: EngineConfig) -> ray.data.Dataset:
 
 
 def build_plan(source: pa.Table, config: EngineConfig) -> ray.data.Dataset:
-    """Source table -> dataset of clip-table rows (CLIP_SCHEMA), one per source row. The columns are selected inside
+    """Source table -> dataset of clip-table rows (CLIP_SCHEMA, plus the relation verdict columns when the judge runs
+    in the stream: judges_in_stream), one per source row. The columns are selected inside
     the steps themselves (transit_schemas): a separate select_columns would be an unfused Project step holding a CPU
     of its own, which on a small node waits for the model pools to finish before the first rows reach the writer."""
     res = config.resources
@@ -328,4 +336,10 @@ def build_plan(source: pa.Table, config: EngineConfig) -> ray.data.Dataset:
             continue
         calls = batches_per_actor(pool_backend(config, stage), pool.batch_size)
         ds = pool_map(ds, StageChain, {"factories": [factory], "schema": schema}, pool, calls)
+    if judges_in_stream(config):  # CLIP_SCHEMA rows plus their relation verdicts (relation_stream.split_batch)
+        from engine.dataset.relation_stream import RelationStreamBatch
+
+        judge = config.saber_test.judge
+        ds = pool_map(ds, RelationStreamBatch, {"factory": partial(relation_stage, config)}, judge.pool,
+                      batches_per_actor(judge.backend, judge.pool.batch_size))
     return ds

@@ -66,6 +66,11 @@ class ClipTableWriter:
         self.ledger = AttemptLedger(output, "clips", self.run_id, max_attempts)
         self.retries_recorded = 0  # retryable failures of this run, waiting for the next
 
+    @property
+    def parts_written(self) -> int:
+        """Parts this writer has committed so far."""
+        return self._parts
+
     # -- resume ---------------------------------------------------------------------------------------
     def part_files(self) -> list[str]:
         return list_named(self.fs, self.path, PART_PREFIX, ".parquet")

@@ -7,7 +7,8 @@ seconds (saber_stage_*), tokens and requests per stage (saber_model_*), and the 
 
 Model: the streamed stages run in plan order and each passes `pass_rate` of its input on. Ray Data runs them
 concurrently, so the stream's wall time is that of the slowest stage (each pool at its configured maximum); the
-SABER-Test relation judge then reads every kept clip, and training follows the build. CPU/GPU stages are
+SABER-Test relation judge labels every kept clip in the stream's last pool (or after the stream, `saber_test.in_stream
+false`), and training follows the build. CPU/GPU stages are
 charged node-hours for their work divided by the node's useful fraction (`utilization`: scale-up ramps,
 stragglers, the idle timeout); API stages are charged their tokens plus the CPU slots their actors hold while
 waiting on the API.
@@ -15,9 +16,7 @@ waiting on the API.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
@@ -210,9 +209,12 @@ class JudgeCost(ApiCost):
 
 
 class RelationJudgeCost(JudgeCost):
-    """The SABER-Test split's relation judge (saber_test.judge): every kept clip, after the stream."""
+    """The SABER-Test split's relation judge (saber_test.judge): every kept clip, in the stream's last pool by default
+    (saber_test.judge_in_stream), else after the stream."""
 
     enabled: bool = True
+    in_stream: bool = True  # the engine's saber_test.judge_in_stream: concurrent with the other stages
+    cpus_held: float = Field(1.0, ge=0)  # production.yaml: saber_test.judge.pool concurrency max 4 x 0.25 CPU
     # ASSUMPTION: the annotation (~500 tokens) and the relation rubric (~300); a label, an intensity, a reason.
     prompt_tokens_per_clip: float = Field(800, ge=0)
     completion_tokens_per_clip: float = Field(60, ge=0)
@@ -263,7 +265,7 @@ class StageEstimate:
 class Plan:
     clips: int
     kept: float
-    build_wall_hours: float  # the slowest streamed stage's (they run concurrently), then the SABER-Test judge
+    build_wall_hours: float  # the slowest streamed stage's (they run concurrently; the SABER-Test judge among them)
     bottleneck: str  # the slowest streamed stage
     stages: list[StageEstimate]
 
@@ -348,8 +350,13 @@ def plan(config: PlanConfig) -> Plan:
     slowest = max(stages, key=lambda s: s.wall_hours)
     build_wall = slowest.wall_hours
     if config.saber_test.enabled:
-        stages.append(api_stage("saber_test", remaining, config.saber_test, config.nodes.cpu))
-        build_wall += stages[-1].wall_hours
+        judge = api_stage("saber_test", remaining, config.saber_test, config.nodes.cpu)
+        stages.append(judge)
+        if config.saber_test.in_stream:  # one more concurrent stage: the stream is as slow as its slowest
+            slowest = max(slowest, judge, key=lambda s: s.wall_hours)
+            build_wall = slowest.wall_hours
+        else:  # after the stream, all at once
+            build_wall += judge.wall_hours
     run_wall = build_wall
     if config.train.enabled:
         stages.append(train_stage(remaining, config.train, config.nodes.gpu))
@@ -357,44 +364,3 @@ def plan(config: PlanConfig) -> Plan:
     stages.append(StageEstimate("head", "head", float(config.clips), "whole run", run_wall, run_wall,
                                 run_wall * config.nodes.head.usd_per_hour))
     return Plan(config.clips, remaining, build_wall, slowest.stage, stages)
-
-
-def overrides_from_benchmark(path: str | Path) -> list[str]:
-    """key=value overrides from a jobs/benchmark.py result: the media chain's clips/s and cores (engine.json), or
-    the API stages' window_efficiency (models.json: the `after` run, as the engine runs HTTP pools)."""
-    results = json.loads(Path(path).read_text())
-    if results.get("benchmark") == "models":
-        efficiency = results["runs"]["after"]["window_efficiency"]
-        return [f"{stage}.window_efficiency={efficiency}" for stage in ("annotate", "consistency", "saber_test")]
-    return media_overrides_from_benchmark(path)
-
-
-def media_overrides_from_benchmark(path: str | Path) -> list[str]:
-    """key=value overrides taking the media chain's clips/s and cores from a jobs/benchmark.py engine.json."""
-    results = json.loads(Path(path).read_text())
-    media = next((run for run in results["runs"] if run["stages"] == "media"), None)
-    if media is None:
-        raise ValueError(f"{path}: no media-only run in 'runs'")
-    return [f"media.benchmark_clips_per_s={media['baseline']['clips_per_s']}",
-            f"media.benchmark_cores={results['cpus']}"]
-
-
-# -- presentation ---------------------------------------------------------------------------------------------
-def format_plan(result: Plan, config: PlanConfig) -> str:
-    nodes = config.nodes
-    lines = [f"SABER capacity plan: {result.clips:,} input clips -> {result.kept:,.0f} kept",
-             f"nodes: cpu {nodes.cpu.instance} {nodes.cpu.cpus} CPUs ${nodes.cpu.usd_per_hour}/h, "
-             f"gpu {nodes.gpu.instance} {nodes.gpu.gpus} GPUs ${nodes.gpu.usd_per_hour}/h, "
-             f"head {nodes.head.instance} ${nodes.head.usd_per_hour}/h (prices are assumptions: edit them)",
-             "",
-             f"{'stage':<12}{'node':<6}{'clips in':>10}  {'unit cost':<44}{'node-h':>9}{'wall-h':>8}"
-             f"{'node $':>10}{'API $':>11}{'total $':>11}"]
-    for s in result.stages:
-        lines.append(f"{s.stage:<12}{s.node:<6}{s.clips_in:>10,.0f}  {s.unit_cost:<44}{s.node_hours:>9.1f}"
-                     f"{s.wall_hours:>8.1f}{s.node_usd:>10,.0f}{s.api_usd:>11,.0f}{s.total_usd:>11,.0f}")
-    lines += [f"{'total':<72}{result.node_hours:>9.1f}{'':>8}{result.node_usd:>10,.0f}{result.api_usd:>11,.0f}"
-              f"{result.total_usd:>11,.0f}",
-              "",
-              f"build wall time ~{result.build_wall_hours:.1f} h: the streamed stages run concurrently, the slowest "
-              f"({result.bottleneck}) sets the pace; the SABER-Test judge follows"]
-    return "\n".join(lines)

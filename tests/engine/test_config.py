@@ -70,7 +70,7 @@ def test_production_names_the_papers_models_with_gpu_per_describe_actor():
     assert funnel_stages(config) == ["annotation", "probe", "decode", "noise", "fingerprint", "annotate", "asr",
                                      "describe", "consistency", "neardup"]
     # Minimum pools: 1 media task + annotate 1 + asr 4 + judge 1 CPUs; asr 0.5 + one vLLM engine (TP 1) GPUs.
-    assert minimum_resources(config) == {"CPU": 7.0, "GPU": 1.5}
+    assert minimum_resources(config) == {"CPU": 7.25, "GPU": 1.5}  # the relation judge (0.25) is in the stream
 
 
 def test_open_weights_production_runs_the_omni_annotator_on_one_gpu_per_actor():
@@ -83,7 +83,7 @@ def test_open_weights_production_runs_the_omni_annotator_on_one_gpu_per_actor():
     assert config.describe.backend.vllm.model_source == "Qwen/Qwen2.5-VL-7B-Instruct"
     assert config.consistency.judge.backend.http.api_key_env == ""  # an in-cluster vLLM server: no key
     # 1 media + annotate 4 + asr 4 + judge 1 CPUs; asr 0.5 + annotate 1 + one vLLM engine GPUs.
-    assert minimum_resources(config) == {"CPU": 10.0, "GPU": 2.5}
+    assert minimum_resources(config) == {"CPU": 10.25, "GPU": 2.5}
 
 
 def test_a_partial_stage_section_keeps_that_stages_defaults(tmp_path):

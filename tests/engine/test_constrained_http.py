@@ -7,10 +7,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from engine.devkit.fake_openai import FakeOpenAI
 from engine.models.backends.base import ChatRequest, request_key
 from engine.models.backends.http import HttpBackendConfig, HttpChatBackend
 from engine.models.verdicts import RELATION_SCHEMA
-from engine.devkit.fake_openai import FakeOpenAI
 from tests.engine.test_http_backend import _PROXY_VARS
 
 

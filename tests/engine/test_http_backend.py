@@ -13,10 +13,10 @@ import fsspec
 import pytest
 
 from engine.core.config import ConfigError, load_config
+from engine.devkit.fake_openai import FakeOpenAI
 from engine.models.backends.base import ChatRequest, request_key
 from engine.models.backends.http import HttpBackendConfig, HttpChatBackend
 from engine.models.backends.response_cache import ResponseCache
-from engine.devkit.fake_openai import FakeOpenAI
 
 _PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 

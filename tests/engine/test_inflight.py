@@ -13,11 +13,11 @@ import pytest
 
 from engine.core.config import BackendConfig
 from engine.core.schema import new_row
+from engine.devkit.fake_openai import FakeOpenAI
 from engine.models.backends.base import ChatRequest, RequestPacer, batches_in_flight
 from engine.models.backends.http import HttpBackendConfig, HttpChatBackend
 from engine.models.prompts import Prompt
 from engine.stages.model_stage import BatchedModelStage, batches_per_actor
-from engine.devkit.fake_openai import FakeOpenAI
 from tests.engine.test_http_backend import _PROXY_VARS
 
 HOLD_S = 10.0  # the longest a gated answer waits; only reached when a test is about to fail

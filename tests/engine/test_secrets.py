@@ -21,9 +21,9 @@ import pytest
 import yaml
 
 from engine.core.config import ConfigError, EngineConfig, dump_config, load_config
+from engine.devkit.fake_openai import FakeOpenAI
 from engine.models.backends.base import ChatRequest
 from engine.models.backends.http import KEY_DIR_ENV, HttpBackendConfig, HttpChatBackend, load_api_key
-from engine.devkit.fake_openai import FakeOpenAI
 
 REPO = Path(__file__).resolve().parents[2]
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")

@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from engine.dataset.writer import read_clip_table
-from engine.models.backends.http import KEY_DIR_ENV
 from engine.devkit.fake_openai import FakeOpenAI
+from engine.models.backends.http import KEY_DIR_ENV
 from tests.engine.test_secrets import PROXY_VARS, key_folder, new_key
 from tests.jobs.helpers import REPO, job_env, run_build
 

@@ -9,8 +9,8 @@ import pytest
 
 from engine.core.schema import clip_id_for
 from engine.dataset.writer import read_clip_table
-from tests.engine import neardup_set
 from engine.devkit.fake_openai import FakeOpenAI
+from tests.engine import neardup_set
 from tests.jobs.helpers import run_build, split_config
 
 pytestmark = pytest.mark.slow

@@ -34,9 +34,10 @@ SMALL = {
                     "prompt_tokens_per_clip": 2000, "completion_tokens_per_clip": 0, "usd_per_1m_prompt": 5,
                     "pass_rate": 0.5},
     # The engine's rule: ceil(2 x 2 / 1) = 4 batches of 1 at once, so the window is max_concurrency 2; half of it
-    # busy on average: 1 actor x 2 x 0.5 / 16 s = 0.0625/s.
-    "saber_test": {"actors": 1, "max_concurrency": 2, "batch_size": 1, "latency_s": 16, "window_efficiency": 0.5,
-                   "rate_limit_per_s": None, "cpus_held": 2, "prompt_tokens_per_clip": 1000,
+    # busy on average: 1 actor x 2 x 0.5 / 16 s = 0.0625/s. Judged after the stream here (the engine's
+    # saber_test.judge_in_stream false); test_a_judge_in_the_stream_runs_beside_the_other_stages turns it on.
+    "saber_test": {"in_stream": False, "actors": 1, "max_concurrency": 2, "batch_size": 1, "latency_s": 16,
+                   "window_efficiency": 0.5, "rate_limit_per_s": None, "cpus_held": 2, "prompt_tokens_per_clip": 1000,
                    "completion_tokens_per_clip": 0, "usd_per_1m_prompt": 20},
     "train": {"epochs": 2, "samples_per_s_per_node": 0.125, "nodes": 1},
 }
@@ -70,6 +71,19 @@ def test_a_small_plan_worked_out_by_hand():
         assert rows[stage] == pytest.approx(numbers), stage
     assert (result.kept, result.build_wall_hours) == (225, 2.0)
     assert (result.node_hours, result.node_usd, result.api_usd, result.total_usd) == pytest.approx((7.5, 28, 27, 55))
+
+
+def test_a_judge_in_the_stream_runs_beside_the_other_stages():
+    config = PlanConfig.model_validate({**SMALL, "saber_test": {**SMALL["saber_test"], "in_stream": True}})
+    result = plan(config)
+    rows = {s.stage: (s.node_hours, s.wall_hours) for s in result.stages}
+    assert rows["saber_test"] == pytest.approx((0.5, 1.0))  # the same work as after the stream
+    # The stream: max(media 1, annotate 1, asr 1, describe 0.5, consistency 1, SABER-Test 1) = 1 h; + training 1 h.
+    assert result.build_wall_hours == pytest.approx(1.0) and rows["head"] == pytest.approx((2.0, 2.0))
+    slow = plan(PlanConfig.model_validate({**SMALL, "saber_test": {**SMALL["saber_test"], "in_stream": True,
+                                                                   "latency_s": 48}}))
+    # 225 clips at 1 x 2 x 0.5 / 48 s = 1/48 per s: 3 h, now the slowest stage of the stream.
+    assert (slow.build_wall_hours, slow.bottleneck) == (pytest.approx(3.0), "saber_test")
 
 
 def test_disabled_judge_and_training_drop_out_of_the_plan():

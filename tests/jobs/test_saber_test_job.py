@@ -83,6 +83,10 @@ def test_saber_test_split_by_hand_and_a_rerun_judges_nothing_again(asr_set, tmp_
     # repair: engine.core.failures), so no clip is judged again: not one request reaches the server.
     assert calls_second == 0
     assert report["run"]["skipped_already_done"] == 16  # report.json is the rerun's, with the same splits
+    # Every verdict was made in the stream (parts part-<run>-sNNNNN), none by the step after it.
+    parts = sorted(p.name for p in (out / "relations").iterdir())
+    assert parts and all("-s0" in name for name in parts), parts
+    assert sum(pq.read_table(out / "relations" / name).num_rows for name in parts) == 16
     for folder_name in ("ms_swift", "llama_factory"):
         assert len((out / "exports" / folder_name / "saber_test.jsonl").read_text().splitlines()) == 4
     assert (out / "report.png").stat().st_size > 10_000

@@ -23,9 +23,9 @@ from engine.core.schema import CLIP_SCHEMA, new_row
 from engine.core.sed import SedSections, render_sections
 from engine.dataset.holdout import RELATION_SCHEMA
 from engine.dataset.writer import write_parquet_whole
+from engine.devkit.fake_openai import FakeOpenAI
 from engine.models.annotation import parse_annotation
 from engine.models.prompts import FENCE_CLOSE, FENCE_OPEN
-from engine.devkit.fake_openai import FakeOpenAI
 from tests.jobs.helpers import REPO, job_env
 from train.preferences.avem_data import emotion_of
 from train.preferences.build import add_vllm_sampler, read_ledger, run

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from engine.core.config_base import load_config
-from tests.conftest import RAY_TRAIN
 from engine.devkit.fake_openai import FakeOpenAI
+from tests.conftest import RAY_TRAIN
 from tests.train.test_build_preferences_job import Scripted, config_for, engine_output
 from train.preferences.build import read_ledger
 from train.preferences.schema import read_preferences

@@ -16,9 +16,9 @@ import yaml
 from engine.core.schema import ANNOTATION_FIELDS
 from engine.core.sed import sed_record
 from engine.dataset.holdout import TEST_SCHEMA
+from engine.devkit.fake_openai import FakeOpenAI
 from engine.models.backends.base import ChatResult
 from engine.models.prompts import FENCE_CLOSE, FENCE_OPEN
-from engine.devkit.fake_openai import FakeOpenAI
 from train.evaluation import prompts, report
 from train.evaluation.benchmarks import get_benchmark
 from train.evaluation.judge_metrics import SABER_TEST_DIMENSIONS
