@@ -1,6 +1,8 @@
 """Benchmarks, each a ratio against a baseline run in the same process on the same data.
 
     python jobs/benchmark.py engine [--clips .cache/demo_clips] [--repeats 1] [key=value ...]
+    python jobs/benchmark.py engine --realistic 60 [--repeats 1] [key=value ...]
+    python jobs/benchmark.py engine --peer data-juicer [--realistic 60] [--rounds 4] [--peer-python PY] [key=value ...]
     python jobs/benchmark.py sft [--steps 20] [key=value ...]
     python jobs/benchmark.py isolation [--clips .cache/test_clips/asr] [--repeats 3] [key=value ...]
     python jobs/benchmark.py asr [--clips .cache/test_clips/asr] [--repeats 2] [--batch-sizes 4,16] [key=value ...]
@@ -9,7 +11,12 @@
 
 `engine`: clips/s and media-seconds/s of the engine's Ray Data plan (media stages, then media + ASR)
 against a plain sequential Python loop running the same stage objects. Writes
-outputs/benchmarks/engine.json and engine.png.
+outputs/benchmarks/engine.json and engine.png. `--realistic N`: on N generated clips shaped like the corpora's
+(H.264 1280x720, AAC 48 kHz stereo, 3-8 s of speech; engine.devkit.realistic_clips, cached in .cache/realistic_clips).
+`--peer data-juicer`: instead, the probe stage (probe + technical filter) against Data-Juicer 1.6.1's
+video_duration_filter + video_resolution_filter on the same clips and thresholds (media.*), Data-Juicer running in its
+own venv (--peer-python), one worker a side, rounds taken in turns (engine.devkit.peer_benchmark). Writes
+outputs/benchmarks/peer.json and peer.png.
 `sft`: samples/s and peak memory of the SED-SFT recipe (Ray Train, 2 workers, DeepSpeed ZeRO-3 over
 gloo, tiny Omni thinker) against a plain single-process PyTorch loop on the same model and records.
 Writes outputs/benchmarks/sft.json.
@@ -51,6 +58,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from engine.core.config import EngineConfig, load_config  # noqa: E402
 from engine.devkit.benchmarking import benchmark_asr, benchmark_engine, benchmark_isolation  # noqa: E402
 from engine.devkit.demo_data import generate_demo_set  # noqa: E402
+from engine.devkit.realistic_clips import generate_realistic_set  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -170,6 +178,33 @@ def write_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def write_peer(args: argparse.Namespace, config: EngineConfig) -> int:
+    from engine.devkit.peer_benchmark import benchmark_peer
+
+    paths = sorted(args.clips.glob("*.mp4"))[: config.limit or None]
+    results = benchmark_peer(paths, config.media, args.peer_python, args.out / "peer_work", args.rounds)
+    results["clip_set"] = str(args.clips)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "peer.json").write_text(json.dumps(results, indent=2))
+    plot_peer(results, args.out / "peer.png")
+    print(json.dumps(results, indent=2))
+    print(f"wrote {args.out / 'peer.json'} and peer.png")
+    return 0
+
+
+def plot_peer(results: dict, path: Path) -> None:
+    ways = results["ways"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    colours = ["tab:blue" if w["side"] == "engine" else "tab:orange" for w in ways.values()]
+    ax.bar(range(len(ways)), [w["clips_per_s_median"] for w in ways.values()], color=colours)
+    ax.set_xticks(range(len(ways)), [name.replace("_", "\n", 1) for name in ways], fontsize=8)
+    ax.set_ylabel("clips/s (median of rounds)")
+    ax.set_title(f"Probe + technical filter vs Data-Juicer, {results['clips']} clips, one worker a side")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -183,11 +218,22 @@ def main(argv: list[str] | None = None) -> int:
                         help="engine: baseline/engine pairs per stage set; isolation: passes per way (best counts)")
     parser.add_argument("--batch-sizes", default="4,16", help="asr: clips per batched call, comma-separated")
     parser.add_argument("--scales", default="100000,600000", help="neardup: clip counts for the global step")
+    parser.add_argument("--realistic", type=int, default=0, metavar="N",
+                        help="engine: N generated 720p/48 kHz stereo clips (in .cache/realistic_clips unless --clips)")
+    parser.add_argument("--peer", choices=["data-juicer"], help="engine: probe stage against a peer's filters instead")
+    parser.add_argument("--peer-python", type=Path,
+                        default=Path(os.environ.get("DJ_PYTHON", "/work/venvs/dj/bin/python")),
+                        help="engine --peer: Python of the venv with Data-Juicer 1.6.1 (env DJ_PYTHON)")
+    parser.add_argument("--rounds", type=int, default=4, help="engine --peer: timed rounds, sides taking turns")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "benchmarks", help="where the JSON/PNG go")
     parser.add_argument("overrides", nargs="*", help="config overrides as dotted key=value")
     args = parser.parse_intermixed_args(argv)
     if args.target == "models":
         return write_models(args)
+    if args.realistic:
+        if args.clips == REPO / ".cache" / "demo_clips":
+            args.clips = REPO / ".cache" / "realistic_clips"
+        generate_realistic_set(args.clips, args.realistic)
     if not args.clips.exists():
         generate_demo_set(args.clips)
     if args.target == "sft":
@@ -200,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         return write_asr(args, config)
     if args.target == "neardup":
         return write_neardup(args, config)
+    if args.peer:
+        return write_peer(args, config)
     results = benchmark_engine(config, args.repeats)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "engine.json").write_text(json.dumps(results, indent=2))
