@@ -23,9 +23,10 @@ Writes outputs/benchmarks/sft.json.
 `isolation`: milliseconds per clip of probe + decode run in-process against each way of isolating the native
 media code (the engine's long-lived child process, a fork per clip, a fresh interpreter per clip), from paths
 and from in-memory bytes. Writes outputs/benchmarks/isolation.json.
-`asr`: clips/s of Whisper (the config's asr section) transcribing the same decoded clips one by one and batched
-(faster-whisper's BatchedInferencePipeline, as the ASR actor runs it) at each batch size, and how many transcripts
-and WER verdicts the two share. Writes outputs/benchmarks/asr.json.
+`asr`: clips/s of Whisper (the config's asr section) transcribing the same decoded clips one by one, batched
+(faster-whisper's BatchedInferencePipeline, one 30 s window per clip) and packed (several clips to a window,
+asr.pack_seconds, as the ASR actor runs it) at each batch size, and how many transcripts and WER verdicts each
+shares with one by one. Writes outputs/benchmarks/asr.json.
 `neardup`: milliseconds per clip of the near-duplicate fingerprint stage (frames, audio) on the decoded clips, and the
 global step's time and peak memory on that many synthetic clips of the clips' mean length
 (engine.devkit.neardup_benchmark). Writes outputs/benchmarks/neardup.json.

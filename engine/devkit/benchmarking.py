@@ -232,11 +232,12 @@ def benchmark_isolation(paths: list[Path], config: MediaConfig, repeats: int = 3
 # ---- batched ASR ----------------------------------------------------------------------------------------------
 def benchmark_asr(config: EngineConfig, repeats: int = 2, batch_sizes: tuple[int, ...] = (4, 16)) -> dict[str, Any]:
     """Clips/s of Whisper on the same decoded clips, one by one (WhisperModel.transcribe: the ASR actor before
-    batching) and batched (transcribe_batch, `size` clips per call: the actor now) at each batch size, with one
-    model object in one process; the best of `repeats` passes each, passes interleaved so that a busy spell hits
-    every way alike. The process's CPU time per pass is reported beside the wall time: on a shared machine it
-    shows the work each way does apart from what other processes take. Also how many transcripts and WER verdicts
-    (asr.max_wer) the batched ways share with the one-by-one way."""
+    batching), batched (transcribe_batch, `size` clips per call, one 30 s window each) and packed (`size` clips per
+    call sharing windows of asr.pack_seconds, 30 when the config has packing off; the actor with packing on) at
+    each batch size, with one model object in one process; the best of `repeats` passes each, passes interleaved so
+    that a busy spell hits every way alike. The process's CPU time per pass is reported beside the wall time: on a
+    shared machine it shows the work each way does apart from what other processes take. Also how many transcripts
+    and WER verdicts (asr.max_wer) the other ways share with the one-by-one way."""
     rows = _decoded_rows(config)
     clips = [audio_from_row(row) for row in rows]
     model = load_whisper(config.asr)
@@ -249,6 +250,11 @@ def benchmark_asr(config: EngineConfig, repeats: int = 2, batch_sizes: tuple[int
         ways[f"batched_{size}"] = lambda size=size: [
             t.text for start in range(0, len(clips), size)
             for t in transcribe_batch(model, clips[start:start + size], language, beam, size)]
+    pack, gap = config.asr.pack_seconds or 30.0, config.asr.pack_gap_seconds
+    for size in batch_sizes:
+        ways[f"packed_{size}"] = lambda size=size: [
+            t.text for start in range(0, len(clips), size)
+            for t in transcribe_batch(model, clips[start:start + size], language, beam, size, pack, gap)]
     best, cpu = dict.fromkeys(ways, float("inf")), dict.fromkeys(ways, float("inf"))
     texts: dict[str, list[str]] = {}
     for _ in range(repeats):
@@ -261,7 +267,7 @@ def benchmark_asr(config: EngineConfig, repeats: int = 2, batch_sizes: tuple[int
     verdicts = {name: _verdicts(rows, found, config.asr.max_wer) for name, found in texts.items()}
     return {"clips": len(clips), "audio_seconds": round(audio_s, 2), "repeats": repeats, "cpus": os.cpu_count(),
             "model": config.asr.model, "device": config.asr.device, "compute_type": config.asr.compute_type,
-            "cpu_threads": config.asr.cpu_threads, "beam_size": beam,
+            "cpu_threads": config.asr.cpu_threads, "beam_size": beam, "pack_seconds": pack, "pack_gap_seconds": gap,
             "ways": {name: {"seconds": round(best[name], 3), "clips_per_s": round(len(clips) / best[name], 3),
                             "audio_s_per_s": round(audio_s / best[name], 2),
                             "ratio_to_one_by_one": round(best["one_by_one"] / best[name], 3),

@@ -20,8 +20,9 @@ log = logging.getLogger(__name__)
 class AsrWerFilterStage(RowStage):
     """Transcribes the decoded audio and rejects clips whose annotated transcript disagrees with it.
 
-    The batch's clips are transcribed together (`asr.batch_size` at a time, one language per decoding batch),
-    then each row is checked on its own. A decoding batch that raises is split in halves down to single clips,
+    The batch's clips are transcribed together (`asr.batch_size` at a time, one language per decoding batch; short
+    clips packed into shared 30 s windows, `asr.pack_seconds`), then each row is checked on its own. A decoding
+    batch that raises is split in halves down to single clips (each in a window of its own),
     so a failure costs only its own clip (recorded as retryable by RowStage). Clips without annotated speech
     keep their transcript with no error rate (nothing to check against).
     """
@@ -84,7 +85,8 @@ class AsrWerFilterStage(RowStage):
     def _decode(self, rows: list[Row], language: str | None) -> list[Transcript | Exception]:
         try:
             return list(transcribe_batch(self.model, [audio_from_row(r) for r in rows], language,
-                                         self.config.beam_size, self.config.batch_size))
+                                         self.config.beam_size, self.config.batch_size,
+                                         self.config.pack_seconds, self.config.pack_gap_seconds))
         except Exception as err:  # noqa: BLE001 - isolated per clip below, logged
             if len(rows) == 1:
                 return [err]

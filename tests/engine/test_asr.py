@@ -10,7 +10,7 @@ from engine.core.config import AsrConfig, MediaConfig
 from engine.core.schema import new_row
 from engine.core.text import error_rate
 from engine.devkit.demo_media import synthesize_speech
-from engine.models.backends.whisper import Transcript, _lay_end_to_end, resolve_model, transcribe, transcribe_batch
+from engine.models.backends.whisper import Transcript, resolve_model, transcribe, transcribe_batch
 from engine.stages.annotation_check import AnnotationCheckStage
 from engine.stages.asr import AsrWerFilterStage
 from engine.stages.decode import DecodeStage, audio_from_row
@@ -81,22 +81,9 @@ def test_english_only_model_rejects_other_languages_with_a_reason(asr_set, asr_s
     assert (row["reject_stage"], row["reject_reason"]) == ("asr", "asr_language_unsupported")
 
 
-def test_clips_are_laid_end_to_end_on_whole_seconds():
-    sr = 16000
-    clips = [np.full(int(1.5 * sr), 1.0, np.float32), np.zeros(0, np.float32), np.full(31 * sr, 3.0, np.float32)]
-    audio, stamps, owners = _lay_end_to_end(clips)
-    # clip 0 at 0 s (1.5 s long, next start rounded up to 2 s); clip 1 is empty: no piece; clip 2 is cut into
-    # 30 s at 2 s and 1 s at 32 s.
-    assert stamps == [{"start": 0.0, "end": 1.5}, {"start": 2.0, "end": 32.0}, {"start": 32.0, "end": 33.0}]
-    assert owners == [0, 2, 2]
-    assert audio.size == 33 * sr
-    assert np.all(audio[: int(1.5 * sr)] == 1.0) and np.all(audio[int(1.5 * sr): 2 * sr] == 0.0)
-    assert np.all(audio[2 * sr:] == 3.0)
-
-
 def test_batched_transcripts_agree_with_one_by_one(transcribed, asr_stage):
-    """The batched pipeline decodes with one temperature and no fallback; on these clips that changes a word
-    here and there (either way), never the verdict."""
+    """The stage packs the clips 4 to a window (the pool's batch) and decodes them with one temperature and no
+    fallback; on these clips that changes a word here and there (either way), never the verdict."""
     clips, rows = transcribed
     picked = list(range(0, len(rows), 3))  # 8 of the 24 clips, both kinds: one-by-one decoding is the slow path
     batched_wer, single_wer = [], []
@@ -138,7 +125,7 @@ def test_a_failing_decoding_batch_costs_only_its_clip(asr_set, asr_stage, monkey
     poison = 12345
     calls = []
 
-    def fake_batch(model, clips, language, beam_size, batch_size):
+    def fake_batch(model, clips, language, beam_size, batch_size, *packing):
         calls.append(len(clips))
         if any(c.size == poison for c in clips):
             raise MemoryError("out of memory")
@@ -159,12 +146,33 @@ def test_multilingual_clips_are_decoded_per_language(asr_stage, monkeypatch):
     calls = []
     monkeypatch.setattr(asr_stage, "multilingual", True)
     monkeypatch.setattr("engine.stages.asr.detect_language", lambda model, audio: "fr" if audio.size == 3 else "en")
-    monkeypatch.setattr("engine.stages.asr.transcribe_batch", lambda model, clips, language, beam, batch: (
+    monkeypatch.setattr("engine.stages.asr.transcribe_batch", lambda model, clips, language, beam, batch, *pack: (
         calls.append((language, [c.size for c in clips])) or [Transcript("", language)] * len(clips)))
     rows = [_audio_row(np.zeros(n, np.float32), lang) for n, lang in ((1, "zh"), (2, "en"), (3, None), (4, "zh"))]
     rows = asr_stage(rows)
     assert sorted(calls) == [("en", [2]), ("fr", [3]), ("zh", [1, 4])]
     assert [r["asr_language"] for r in rows] == ["zh", "en", "fr", "zh"]
+
+
+def test_packed_neighbours_keep_their_own_verdicts(transcribed, asr_stage):
+    """Good and wrong-transcript clips alternate in the packed windows (4 clips, about 20 s, a window): a word given
+    to the wrong neighbour would raise a good clip's WER or lower a wrong one's. Every clip keeps its planted
+    verdict (good: accepted, wrong: rejected, as one by one), and each transcript is close to its own spoken text.
+    With the config's packing (30 s windows, 1 s gaps)."""
+    assert (ASR.pack_seconds, ASR.pack_gap_seconds) == (30, 1)
+    clips, rows = transcribed
+    good = [k for k, c in enumerate(clips) if c.kind == "good"]
+    wrong = [k for k, c in enumerate(clips) if c.kind == "wrong_transcript"]
+    order = [k for pair in zip(good, wrong, strict=False) for k in pair] + good[len(wrong):]
+    audio = [audio_from_row(rows[k]) for k in order]
+    texts = [t.text for start in range(0, len(order), 4)
+             for t in transcribe_batch(asr_stage.model, audio[start:start + 4], None, 1, 4, ASR.pack_seconds,
+                                       ASR.pack_gap_seconds)]
+    rejected = [error_rate(rows[k]["speech_content"], text)[1] > ASR.max_wer
+                for k, text in zip(order, texts, strict=True)]
+    assert rejected == [clips[k].kind == "wrong_transcript" for k in order], list(zip(order, texts, strict=True))
+    own = [error_rate(clips[k].spoken_text, text)[1] for k, text in zip(order, texts, strict=True)]
+    assert np.mean(own) < 0.2 and max(own) < 0.5, list(zip(order, texts, own, strict=True))
 
 
 def _audio_row(audio: np.ndarray, lang: str | None = "en") -> dict:
