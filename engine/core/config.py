@@ -101,7 +101,9 @@ class AsrConfig(ConfigSection):
     model: str = "large-v3"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compute_type: str = "default"
-    cpu_threads: int = Field(1, ge=0)
+    # CTranslate2 threads of each ASR actor; None: the CPUs the actor reserves (resources.asr_num_cpus, rounded down,
+    # at least 1; 1 for an AsrConfig used on its own). 0: CTranslate2's own default.
+    cpu_threads: int | None = Field(None, ge=0)
     # None: use the clip's `lang` when given, else let Whisper detect it.
     language: str | None = None
     beam_size: int = Field(1, ge=1, le=10)
@@ -311,6 +313,13 @@ class EngineConfig(ConfigSection):
         if wrong:
             raise ValueError(f"{', '.join(wrong)}: backend kind 'vllm' (ray.data.llm batch) serves the describe "
                              "stage only; point these at a vLLM server with kind 'http' instead")
+        return self
+
+    @model_validator(mode="after")
+    def _asr_threads_from_pool(self) -> EngineConfig:
+        if self.asr.cpu_threads is None:  # set past validation: assigning would run these validators again
+            threads = max(1, int(self.resources.asr_num_cpus))
+            object.__setattr__(self, "asr", self.asr.model_copy(update={"cpu_threads": threads}))
         return self
 
     @model_validator(mode="after")

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from engine.core.config import AsrConfig
+from engine.core.config import AsrConfig, EngineConfig
 from engine.models.backends.whisper import Piece, assign_words, lay_out
 
 SR = 16000
@@ -70,3 +70,14 @@ def test_pack_settings_are_checked():
         AsrConfig(pack_seconds=31)
     with pytest.raises(ValueError, match="pack_gap_seconds"):
         AsrConfig(pack_gap_seconds=-1)
+
+
+def test_whisper_threads_follow_the_asr_actor_cpus():
+    def threads(**sections) -> int | None:
+        return EngineConfig(input="in", output="out", **sections).asr.cpu_threads
+
+    assert threads(resources={"asr_num_cpus": 4}) == 4  # production: 4 CPUs reserved, 4 threads used
+    assert threads(resources={"asr_num_cpus": 2.5}) == 2
+    assert threads(resources={"asr_num_cpus": 0.75}) == 1  # a fractional share still gets a thread
+    assert threads(asr={"cpu_threads": 2}, resources={"asr_num_cpus": 4}) == 2  # set: kept
+    assert threads(asr={"cpu_threads": 0}) == 0  # CTranslate2's default

@@ -52,7 +52,7 @@ def resolve_model(name: str) -> str:
 
 def load_whisper(config: AsrConfig) -> WhisperModel:
     return WhisperModel(resolve_model(config.model), device=config.device, compute_type=config.compute_type,
-                        cpu_threads=config.cpu_threads)
+                        cpu_threads=1 if config.cpu_threads is None else config.cpu_threads)
 
 
 def transcribe(model: WhisperModel, audio: np.ndarray, language: str | None, beam_size: int) -> Transcript:
