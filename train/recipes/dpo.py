@@ -52,6 +52,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from engine.core import storage
 from engine.core.config_base import dump_config
+from train.core.ds_config import resolve_zero_stage
 from train.core.losses import AvemInputs, PreferenceLoss, avem_loss, dpo_loss
 from train.core.metrics import MetricsLog
 from train.core.modeling import resolve_model_path
@@ -64,6 +65,7 @@ from train.recipes.sft import (
     TrainState,
     checkpoint_uri,
     micro_batches,
+    open_feed,
     report_step,
     restore,
     run_config,
@@ -126,6 +128,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.set_num_threads(loop_config["threads"])
     torch.manual_seed(config.seed)
     total_steps, pad_token_id = loop_config["total_steps"], loop_config["pad_token_id"]
+    feed = open_feed(config)  # reads ahead while the engines are built
     engine = setup_engine(config, loop_config["model_path"], loop_config["schedule_steps"])
     if config.fused_logps:
         add_fused_logps(engine)
@@ -137,7 +140,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         metrics_log.resume(state.step)
     window, times = StepWindow(), {"data_s": 0.0, "compute_s": 0.0, "report_s": 0.0}
     step_start = mark = time.perf_counter()
-    for batch in micro_batches(ray.train.get_dataset_shard("train"), state, config, total_steps):
+    for batch in micro_batches(feed, state, config, total_steps):
         times["data_s"] += time.perf_counter() - mark
         mark = time.perf_counter()
         window.add(*train_step(engine, reference, batch, config, pad_token_id))
@@ -186,6 +189,7 @@ def run(config: DpoConfig) -> dict[str, Any]:
     storage_path = storage.absolute(config.storage_path)
     run_dir = storage.join(storage_path, config.name)
     model_path, reference_path = _model_location(config.model.path), _model_location(config.reference_path)
+    config = resolve_zero_stage(config, model_path)
     for path in {model_path, reference_path}:
         if Path(path, "mose.safetensors").exists():  # SFT with MoSE: from_pretrained alone would drop the experts
             raise ValueError(f"{path} holds MoSE experts; preference optimisation of MoSE is not supported")

@@ -15,7 +15,7 @@ import resource
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -29,20 +29,14 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from engine.core import storage
 from engine.ops import monitoring
 from train.core.config import SftConfig
-from train.core.ds_config import deepspeed_config
+from train.core.ds_config import deepspeed_config, resolve_zero_stage
 from train.core.metrics import MetricsLog
 from train.core.modeling import apply_lora, count_parameters, load_thinker, resolve_model_path, torch_dtype
 from train.data.collate import collate_sed
+from train.data.feed import BatchFeed, TrainState
 
 log = logging.getLogger(__name__)
 STATE_FILE = "train_state.json"
-
-
-@dataclass
-class TrainState:
-    step: int = 0  # optimizer steps done
-    epoch: int = 0
-    micro_in_epoch: int = 0  # micro-batches of `epoch` already consumed (the data position)
 
 
 # -- worker side ------------------------------------------------------------------------------------------
@@ -118,17 +112,25 @@ def _mean_over_ranks(value: float) -> float:
     return float(tensor.item()) / dist.get_world_size()
 
 
-def micro_batches(shard: Any, state: TrainState, config: SftConfig, total_steps: int) -> Iterator[dict]:
-    """Micro-batches across epochs from the worker's shard, skipping what a resumed run already consumed."""
-    while state.epoch < config.optim.epochs and state.step < total_steps:
-        for index, batch in enumerate(shard.iter_batches(batch_size=config.optim.micro_batch, batch_format="numpy")):
-            if index < state.micro_in_epoch:  # the data position of a resumed run
-                continue
-            state.micro_in_epoch = index + 1
-            yield batch
-            if state.step >= total_steps:
-                return
-        state.epoch, state.micro_in_epoch = state.epoch + 1, 0
+def _all_ranks(flag: bool) -> bool:
+    """True when `flag` is true on every rank."""
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    tensor = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    return bool(tensor.item())
+
+
+def open_feed(config: SftConfig) -> BatchFeed:
+    """The worker's shard, read ahead in a background thread from now on (train.data.feed): opened before the engine is
+    built, the first batch is ready when training starts; kept in memory after the first epoch when it fits."""
+    data = config.data
+    return BatchFeed(ray.train.get_dataset_shard("train"), config.optim.micro_batch, data.cache_shard_mb << 20,
+                     data.prefetch_batches, agree=_all_ranks).start()
+
+
+def micro_batches(feed: BatchFeed, state: TrainState, config: SftConfig, total_steps: int) -> Iterator[dict]:
+    """Micro-batches across epochs from the data position in `state` (a resumed run's) on, `state` following them."""
+    return feed.micro_batches(state, config.optim.epochs, total_steps, config.grad_accum)
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -136,6 +138,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.set_num_threads(loop_config["threads"])
     torch.manual_seed(config.seed)
     total_steps = loop_config["total_steps"]
+    feed = open_feed(config)
     engine = setup_engine(config, loop_config["model_path"], loop_config["schedule_steps"])
     state = restore(engine)
     started_at = state.step
@@ -146,7 +149,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     times = {"data_s": 0.0, "compute_s": 0.0, "report_s": 0.0}
     tokens, step_start = 0, time.perf_counter()
     mark = step_start
-    for batch in micro_batches(ray.train.get_dataset_shard("train"), state, config, total_steps):
+    for batch in micro_batches(feed, state, config, total_steps):
         times["data_s"] += time.perf_counter() - mark
         mark = time.perf_counter()
         losses.append(train_step(engine, collate_sed(batch, loop_config["pad_token_id"])))
@@ -248,6 +251,7 @@ def run(config: SftConfig) -> dict[str, Any]:
     storage_path = storage.absolute(config.storage_path)
     run_dir = storage.join(storage_path, config.name)
     model_path = resolve_model_path(config.model.path)
+    config = resolve_zero_stage(config, model_path)
     tokenizer = AutoProcessor.from_pretrained(model_path).tokenizer
     dataset = build_sed_examples(config, model_path)
     # Materialized (CPU runs), the count comes from the blocks' metadata and nothing runs. Streamed (GPU runs), it runs
