@@ -3,7 +3,7 @@
     python jobs/benchmark.py engine [--clips .cache/demo_clips] [--repeats 1] [key=value ...]
     python jobs/benchmark.py engine --realistic 60 [--repeats 1] [key=value ...]
     python jobs/benchmark.py engine --peer data-juicer [--realistic 60] [--rounds 4] [--peer-python PY] [key=value ...]
-    python jobs/benchmark.py sft [--steps 20] [key=value ...]
+    python jobs/benchmark.py sft [--steps 40] [--zero-stages 3,2] [key=value ...]
     python jobs/benchmark.py isolation [--clips .cache/test_clips/asr] [--repeats 3] [key=value ...]
     python jobs/benchmark.py asr [--clips .cache/test_clips/asr] [--repeats 2] [--batch-sizes 4,16] [key=value ...]
     python jobs/benchmark.py neardup [--clips .cache/demo_clips] [--repeats 3] [--scales 100000,600000]
@@ -17,9 +17,10 @@ outputs/benchmarks/engine.json and engine.png. `--realistic N`: on N generated c
 video_duration_filter + video_resolution_filter on the same clips and thresholds (media.*), Data-Juicer running in its
 own venv (--peer-python), one worker a side, rounds taken in turns (engine.devkit.peer_benchmark). Writes
 outputs/benchmarks/peer.json and peer.png.
-`sft`: samples/s and peak memory of the SED-SFT recipe (Ray Train, 2 workers, DeepSpeed ZeRO-3 over
-gloo, tiny Omni thinker) against a plain single-process PyTorch loop on the same model and records.
-Writes outputs/benchmarks/sft.json.
+`sft`: mean and median step time and peak memory of the SED-SFT recipe (Ray Train, 2 workers, DeepSpeed over gloo,
+tiny Omni thinker), once per ZeRO stage, each against a plain single-process PyTorch loop run just before it on the same
+model and records (one torch thread and all cores; ratios against the faster); the recipe's first-step and
+epoch-boundary waits on data. Writes outputs/benchmarks/sft.json.
 `isolation`: milliseconds per clip of probe + decode run in-process against each way of isolating the native
 media code (the engine's long-lived child process, a fork per clip, a fresh interpreter per clip), from paths
 and from in-memory bytes. Writes outputs/benchmarks/isolation.json.
@@ -51,7 +52,6 @@ if __package__ in (None, ""):
 import matplotlib  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
-import torch  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -89,32 +89,33 @@ def benchmark_sft(args: argparse.Namespace) -> int:
     from train.core.config import SftConfig
     from train.core.modeling import resolve_model_path
     from train.data.sed_data import SedEncoder, load_media
-    from train.recipes.benchmarking import plain_loop, recipe_summary
+    from train.recipes.benchmarking import best_plain_loop, ratios, recipe_summary
     from train.recipes.sft import run
 
     work = args.out / "sft_work"
     sed_dir = _sed_records_from_demo(args.clips, work / "sed")
-    config = load(SftConfig, REPO / "jobs" / "configs" / "sft_demo.yaml", [
-        f"data.sed={sed_dir}", f"storage_path={work / 'runs'}", f"name=bench-{int(time.time())}", "data.limit=8",
-        f"optim.max_steps={args.steps}", f"checkpoint_every={args.steps}", f"report_every={args.steps}",
-        *args.overrides])
-    model_path = resolve_model_path(config.model.path)
-    processor = AutoProcessor.from_pretrained(model_path)
-    encoder = SedEncoder(processor, config.data)
-    records = pq.read_table(sed_dir).to_pylist()[:8]
-    examples = [encoder.encode(r, *load_media(r["source_uri"], config.data)) for r in records]
-    examples = [{k: v for k, v in e.items()} for e in examples]
-    torch.set_num_threads(os.cpu_count() or 1)
-    baseline = plain_loop(config, examples, args.steps, processor.tokenizer.pad_token_id)
-    ray.init(ignore_reinit_error=True)
-    summary = run(config)
-    rows = [json.loads(line) for line in Path(summary["run_dir"], "metrics.jsonl").read_text().splitlines()]
-    recipe = recipe_summary(rows)
-    results = {"steps": args.steps, "records": len(examples), "global_batch": config.optim.global_batch,
-               "workers": config.distributed.num_workers, "zero_stage": config.distributed.zero_stage,
-               "baseline_plain_torch": baseline, "ray_train_deepspeed": recipe,
-               "samples_per_s_ratio": round(recipe["samples_per_s"] / baseline["samples_per_s"], 3),
-               "peak_rss_ratio": round(recipe["peak_rss_mb"] / baseline["peak_rss_mb"], 3)}
+    runs = []
+    for stage in (int(s) for s in args.zero_stages.split(",")):
+        config = load(SftConfig, REPO / "jobs" / "configs" / "sft_demo.yaml", [
+            f"data.sed={sed_dir}", f"storage_path={work / 'runs'}", f"name=bench-z{stage}-{int(time.time())}",
+            "data.limit=8", f"optim.max_steps={args.steps}", f"checkpoint_every={args.steps}",
+            f"report_every={args.steps}", f"distributed.zero_stage={stage}", *args.overrides])
+        model_path = resolve_model_path(config.model.path)
+        processor = AutoProcessor.from_pretrained(model_path)
+        encoder = SedEncoder(processor, config.data)
+        records = pq.read_table(sed_dir).to_pylist()[:8]
+        examples = [encoder.encode(r, *load_media(r["source_uri"], config.data)) for r in records]
+        # The baselines right before each recipe run: a busy machine's load drifts less between the two.
+        baselines = best_plain_loop(config, examples, args.steps, processor.tokenizer.pad_token_id, os.cpu_count() or 1)
+        ray.init(ignore_reinit_error=True)
+        summary = run(config)
+        rows = [json.loads(line) for line in Path(summary["run_dir"], "metrics.jsonl").read_text().splitlines()]
+        recipe = recipe_summary(rows, config.optim.global_batch)
+        runs.append({"zero_stage": config.distributed.zero_stage, "baseline_plain_torch": baselines,
+                     "ray_train_deepspeed": recipe, **ratios(baselines[0], recipe),
+                     "ratios_per_baseline": {f"threads_{b['threads']}": ratios(b, recipe) for b in baselines}})
+    results = {"steps": args.steps, "records": 8, "global_batch": config.optim.global_batch,
+               "workers": config.distributed.num_workers, "runs": runs}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "sft.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
@@ -211,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("target", choices=["engine", "sft", "isolation", "asr", "neardup", "models"],
                         help="what to benchmark")
-    parser.add_argument("--steps", type=int, default=20, help="sft: optimizer steps on each side")
+    parser.add_argument("--steps", type=int, default=40, help="sft: optimizer steps on each side (4 per epoch)")
+    parser.add_argument("--zero-stages", default="3,2", help="sft: DeepSpeed ZeRO stages to run, comma-separated")
     parser.add_argument("--clips", type=Path, default=REPO / ".cache" / "demo_clips",
                         help="clip folder; generated (the demo set) when missing")
     parser.add_argument("--config", type=Path, default=REPO / "jobs" / "configs" / "demo.yaml", help="engine config")
