@@ -44,6 +44,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -116,9 +117,17 @@ def benchmark_sft(args: argparse.Namespace) -> int:
                      "ratios_per_baseline": {f"threads_{b['threads']}": ratios(b, recipe) for b in baselines}})
     results = {"steps": args.steps, "records": 8, "global_batch": config.optim.global_batch,
                "workers": config.distributed.num_workers, "runs": runs}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "sft.json").write_text(json.dumps(results, indent=2))
+    return save_results(args.out, "sft", results)
+
+
+def save_results(out: Path, name: str, results: dict, plot_to: Callable[[dict, Path], None] | None = None) -> int:
+    """OUT/<name>.json (and OUT/<name>.png when the benchmark has a plot), the results on stdout; exit status 0."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(results, indent=2))
+    if plot_to is not None:
+        plot_to(results, out / f"{name}.png")
     print(json.dumps(results, indent=2))
+    print(f"wrote {out / name}.json" + (f" and {name}.png" if plot_to is not None else ""))
     return 0
 
 
@@ -142,19 +151,13 @@ def _sed_records_from_demo(clips: Path, out: Path) -> Path:
 
 def write_isolation(args: argparse.Namespace, config: EngineConfig) -> int:
     results = benchmark_isolation(sorted(args.clips.glob("*.mp4")), config.media, max(args.repeats, 3))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "isolation.json").write_text(json.dumps(results, indent=2))
-    print(json.dumps(results, indent=2))
-    return 0
+    return save_results(args.out, "isolation", results)
 
 
 def write_asr(args: argparse.Namespace, config: EngineConfig) -> int:
     sizes = tuple(int(size) for size in args.batch_sizes.split(","))
     results = benchmark_asr(config, max(args.repeats, 2), sizes)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "asr.json").write_text(json.dumps(results, indent=2))
-    print(json.dumps(results, indent=2))
-    return 0
+    return save_results(args.out, "asr", results)
 
 
 def write_neardup(args: argparse.Namespace, config: EngineConfig) -> int:
@@ -163,10 +166,7 @@ def write_neardup(args: argparse.Namespace, config: EngineConfig) -> int:
     stage = fingerprint_cost(sorted(args.clips.glob("*.mp4")), config, max(args.repeats, 3))
     scales = [int(n) for n in args.scales.split(",")]
     results = {"fingerprint": stage, "step": step_cost(scales, stage["mean_duration_s"])}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "neardup.json").write_text(json.dumps(results, indent=2))
-    print(json.dumps(results, indent=2))
-    return 0
+    return save_results(args.out, "neardup", results)
 
 
 def write_models(args: argparse.Namespace) -> int:
@@ -174,10 +174,7 @@ def write_models(args: argparse.Namespace) -> int:
     from engine.devkit.fake_openai import FakeOpenAI
 
     results = benchmark_models(FakeOpenAI)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "models.json").write_text(json.dumps(results, indent=2))
-    print(json.dumps(results, indent=2))
-    return 0
+    return save_results(args.out, "models", results)
 
 
 def write_peer(args: argparse.Namespace, config: EngineConfig) -> int:
@@ -186,12 +183,7 @@ def write_peer(args: argparse.Namespace, config: EngineConfig) -> int:
     paths = sorted(args.clips.glob("*.mp4"))[: config.limit or None]
     results = benchmark_peer(paths, config.media, args.peer_python, args.out / "peer_work", args.rounds)
     results["clip_set"] = str(args.clips)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "peer.json").write_text(json.dumps(results, indent=2))
-    plot_peer(results, args.out / "peer.png")
-    print(json.dumps(results, indent=2))
-    print(f"wrote {args.out / 'peer.json'} and peer.png")
-    return 0
+    return save_results(args.out, "peer", results, plot_peer)
 
 
 def plot_peer(results: dict, path: Path) -> None:
@@ -251,13 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         return write_neardup(args, config)
     if args.peer:
         return write_peer(args, config)
-    results = benchmark_engine(config, args.repeats)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "engine.json").write_text(json.dumps(results, indent=2))
-    plot(results, args.out / "engine.png")
-    print(json.dumps(results, indent=2))
-    print(f"wrote {args.out / 'engine.json'} and engine.png")
-    return 0
+    return save_results(args.out, "engine", benchmark_engine(config, args.repeats), plot)
 
 
 if __name__ == "__main__":
