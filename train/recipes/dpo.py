@@ -128,7 +128,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.set_num_threads(loop_config["threads"])
     torch.manual_seed(config.seed)
     total_steps, pad_token_id = loop_config["total_steps"], loop_config["pad_token_id"]
-    feed = open_feed(config)  # reads ahead while the engines are built
+    feed = open_feed(config)  # on GPU workers it reads ahead while the engines are built
     engine = setup_engine(config, loop_config["model_path"], loop_config["schedule_steps"])
     if config.fused_logps:
         add_fused_logps(engine)
