@@ -158,16 +158,17 @@ def test_packed_neighbours_keep_their_own_verdicts(transcribed, asr_stage):
     """Good and wrong-transcript clips alternate in the packed windows (4 clips, about 20 s, a window): a word given
     to the wrong neighbour would raise a good clip's WER or lower a wrong one's. Every clip keeps its planted
     verdict (good: accepted, wrong: rejected, as one by one), and each transcript is close to its own spoken text.
-    With the config's packing (30 s windows, 1 s gaps)."""
-    assert (ASR.pack_seconds, ASR.pack_gap_seconds) == (30, 1)
+    With 30 s windows and the default 1 s gaps."""
+    packed = ASR.model_copy(update={"pack_seconds": 30.0})
+    assert (packed.pack_seconds, packed.pack_gap_seconds) == (30, 1)
     clips, rows = transcribed
     good = [k for k, c in enumerate(clips) if c.kind == "good"]
     wrong = [k for k, c in enumerate(clips) if c.kind == "wrong_transcript"]
     order = [k for pair in zip(good, wrong, strict=False) for k in pair] + good[len(wrong):]
     audio = [audio_from_row(rows[k]) for k in order]
     texts = [t.text for start in range(0, len(order), 4)
-             for t in transcribe_batch(asr_stage.model, audio[start:start + 4], None, 1, 4, ASR.pack_seconds,
-                                       ASR.pack_gap_seconds)]
+             for t in transcribe_batch(asr_stage.model, audio[start:start + 4], None, 1, 4, packed.pack_seconds,
+                                       packed.pack_gap_seconds)]
     rejected = [error_rate(rows[k]["speech_content"], text)[1] > ASR.max_wer
                 for k, text in zip(order, texts, strict=True)]
     assert rejected == [clips[k].kind == "wrong_transcript" for k in order], list(zip(order, texts, strict=True))

@@ -65,7 +65,7 @@ def test_each_word_goes_to_the_clip_holding_its_midpoint():
 
 
 def test_pack_settings_are_checked():
-    assert AsrConfig().pack_seconds == 30 and AsrConfig(pack_seconds=0).pack_seconds == 0
+    assert AsrConfig().pack_seconds == 0 and AsrConfig(pack_seconds=30).pack_seconds == 30  # off unless asked
     with pytest.raises(ValueError, match="pack_seconds"):
         AsrConfig(pack_seconds=31)
     with pytest.raises(ValueError, match="pack_gap_seconds"):
