@@ -82,9 +82,13 @@ def _verdict(row: Row, judge: str) -> dict[str, Any]:
             "judge": judge, "run_id": None, "judged_at": None}
 
 
-def sed_candidates(clips: pa.Table) -> pa.Table:
+def candidate_mask(clips: pa.Table) -> pa.ChunkedArray:
     """Kept clips with an annotation: the rows that become SED records (and SABER-Test candidates)."""
-    return clips.filter(pc.and_(pc.equal(clips.column("status"), "kept"), pc.is_valid(clips.column("video_desc"))))
+    return pc.and_(pc.equal(clips.column("status"), "kept"), pc.is_valid(clips.column("video_desc")))
+
+
+def sed_candidates(clips: pa.Table) -> pa.Table:
+    return clips.filter(candidate_mask(clips))
 
 
 def read_relations(output: str) -> pa.Table:

@@ -24,11 +24,6 @@ from engine.dataset import holdout
 PREFIX = "rel__"
 
 
-def candidate_mask(table: pa.Table) -> pa.ChunkedArray:
-    """Kept clips with an annotation: the rows the judge labels (holdout.sed_candidates' rule)."""
-    return pc.and_(pc.equal(table.column("status"), "kept"), pc.is_valid(table.column("video_desc")))
-
-
 class RelationStreamBatch:
     """Actor-pool callable: CLIP_SCHEMA rows -> the same rows plus `rel__<RELATION_SCHEMA column>` (null for rows the
     judge does not label). The judge stage is built once per actor by `factory`."""
@@ -37,7 +32,7 @@ class RelationStreamBatch:
         self.judge = holdout.RelationBatch(factory)
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        mask = candidate_mask(table).to_pylist()
+        mask = holdout.candidate_mask(table).to_pylist()
         picked = table.filter(pa.array(mask, pa.bool_()))
         verdicts = (self.judge(picked.select(list(holdout.JUDGE_COLUMNS))).to_pylist() if picked.num_rows else [])
         by_row = iter(verdicts)
