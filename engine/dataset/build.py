@@ -220,15 +220,10 @@ def judge_relations(config: EngineConfig, pending: pa.Table, run_id: str) -> Non
     """Verdicts saved every `flush_rows`, so a run killed while judging keeps what it paid for. A judge call the
     API failed is saved as retryable (judged again by the next build) or, on its last attempt, gave_up."""
     earlier = holdout.retry_counts(holdout.read_relations(config.output))
-    buffered: list[pa.Table] = []
-    part = 0
+    sink = relation_stream.RelationSink(config.output, run_id, config.max_attempts, earlier, stem="")
     for batch in relation_plan(pending, config).iter_batches(batch_format="pyarrow", batch_size=None):
-        buffered.append(holdout.settle_relations(batch, earlier, config.max_attempts))
-        if sum(t.num_rows for t in buffered) >= config.flush_rows:
-            holdout.save_relations(config.output, run_id, pa.concat_tables(buffered), part)
-            buffered, part = [], part + 1
-    if buffered:
-        holdout.save_relations(config.output, run_id, pa.concat_tables(buffered), part)
+        sink.add(batch, clip_part_committed=sink.buffered_rows + batch.num_rows >= config.flush_rows)
+    sink.flush()
 
 
 def write_training_splits(config: EngineConfig, table: pa.Table, run_id: str) -> dict[str, Any]:

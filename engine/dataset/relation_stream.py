@@ -59,11 +59,16 @@ class RelationSink:
     part (so a verdict is not saved long before its clip), and at the end. Retryable judge failures are settled
     against earlier builds' attempts (gave_up on the last one), exactly as the judge after the stream does."""
 
-    def __init__(self, output: str, run_id: str, max_attempts: int, earlier: Counter[str]) -> None:
+    def __init__(self, output: str, run_id: str, max_attempts: int, earlier: Counter[str], stem: str = "s") -> None:
         self.output, self.run_id, self.max_attempts, self.earlier = output, run_id, max_attempts, earlier
+        self.stem = stem  # part names part-<run>-<stem>NNNNN: the stream's "s", the judge after the stream's ""
         self.buffered: list[pa.Table] = []
         self.parts = 0
         self.saved = 0
+
+    @property
+    def buffered_rows(self) -> int:
+        return sum(table.num_rows for table in self.buffered)
 
     def add(self, verdicts: pa.Table, clip_part_committed: bool) -> None:
         if verdicts.num_rows:
@@ -75,5 +80,5 @@ class RelationSink:
         if not self.buffered:
             return
         table = pa.concat_tables(self.buffered)
-        holdout.save_relations(self.output, self.run_id, table, self.parts, stem="s")
+        holdout.save_relations(self.output, self.run_id, table, self.parts, stem=self.stem)
         self.buffered, self.parts, self.saved = [], self.parts + 1, self.saved + table.num_rows

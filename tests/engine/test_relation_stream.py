@@ -96,3 +96,24 @@ def test_the_sink_saves_after_each_committed_clip_part_and_settles_retries(tmp_p
     first = pq.read_table(tmp_path / "relations" / parts[0]).to_pylist()
     assert [(r["clip_id"], r["failure"], r["run_id"]) for r in first] == [("a", None, "run1"), ("b", GAVE_UP, "run1")]
     assert sink.saved == 3 and holdout.read_relations(str(tmp_path)).num_rows == 3
+
+
+def test_the_judge_after_the_stream_saves_every_flush_rows_verdicts(tmp_path: Path, monkeypatch) -> None:
+    """build.judge_relations (clips the stream could not judge) through the same sink: parts part-<run>-NNNNN, one
+    each time flush_rows verdicts are buffered, the rest at the end; retryable failures settled against earlier runs."""
+    from types import SimpleNamespace
+
+    from engine.dataset import build
+
+    batches = [_verdicts(("a", None), ("b", None)), _verdicts(("c", RETRYABLE), ("d", None)), _verdicts(("e", None))]
+    monkeypatch.setattr(build, "relation_plan", lambda pending, config: SimpleNamespace(
+        iter_batches=lambda **kwargs: iter(batches)))
+    holdout.save_relations(str(tmp_path), "old", _verdicts(("c", RETRYABLE)), stem="s")  # c's first attempt
+    config = SimpleNamespace(output=str(tmp_path), max_attempts=2, flush_rows=3)
+    build.judge_relations(config, pa.table({"clip_id": ["a"]}), "run2")
+    parts = sorted(p.name for p in (tmp_path / "relations").iterdir() if "run2" in p.name)
+    assert parts == ["part-run2-00000.parquet", "part-run2-00001.parquet"]
+    sizes = [pq.read_table(tmp_path / "relations" / name).num_rows for name in parts]
+    assert sizes == [4, 1]  # 2 + 2 reach flush_rows 3 together; e at the end
+    second = pq.read_table(tmp_path / "relations" / parts[0]).to_pylist()
+    assert {r["clip_id"]: r["failure"] for r in second}["c"] == GAVE_UP  # its second of max_attempts 2
