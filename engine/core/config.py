@@ -113,14 +113,14 @@ class AsrConfig(ConfigSection):
     batch_size: int = Field(16, ge=1)
     # Short clips share Whisper's 30 s encoder window: clips of at most this many seconds are packed into windows of
     # at most this many seconds, `pack_gap_seconds` of silence between two, and each word goes back to its clip by
-    # its timestamps. 0: one window per clip (each 3-8 s clip then pays a whole 30 s window). tiny.en int8, 1 thread,
-    # 4 clips a call, busy 2-core machine: 3.0-3.4x one-by-one clips/s (one window per clip: 0.94-0.96x) with the
-    # same WER verdicts on the ASR test set (24/24) and the demo set (61/61); a clip's words can leak into the next
-    # clip's transcript in the same window (seen once in 61), mean WER against the spoken text 0.040 vs 0.046 one by
-    # one. Packing needs several clips a call: resources.asr_batch_size of 4 or more. OFF by default: in `make demo`
-    # (clips packed two by two) it gave 2 of the 48 good clips an empty transcript, so they were rejected at WER 1.0;
-    # turn it on only after checking the verdicts on your own clips (jobs/benchmark.py asr).
-    pack_seconds: float = Field(0.0, ge=0, le=30)
+    # its timestamps. 0: one window per clip (each 3-8 s clip then pays a whole 30 s window). Demo set (60 clips
+    # with annotated speech), tiny.en, 2 threads, beam 1: 2.7x one-by-one clips/s at 4 clips a call, 3.5x at 16
+    # (one window per clip: 0.90-1.05x), WER verdicts 60/60 identical. Shared windows are decoded with timestamp
+    # tokens: without them Whisper ended a window at its first pause, and 2 of the 48 good demo clips came back
+    # empty; a packed clip that still gets no words is decoded again alone (whisper.transcribe_batch). Packing
+    # needs several clips a call: resources.asr_batch_size of 4 or more. `jobs/benchmark.py asr` checks the
+    # verdicts on your own clips.
+    pack_seconds: float = Field(30.0, ge=0, le=30)
     pack_gap_seconds: float = Field(1.0, ge=0, le=5)
     # Annotation and transcript are normalised alike first (engine.core.text: numbers, currency, spellings, ...).
     max_wer: float = Field(0.5, ge=0)

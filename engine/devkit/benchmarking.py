@@ -277,7 +277,8 @@ def benchmark_asr(config: EngineConfig, repeats: int = 2, batch_sizes: tuple[int
                                 a == b for a, b in zip(texts[name], texts["one_by_one"], strict=True)),
                             "same_verdict_as_one_by_one": sum(
                                 a == b for a, b in zip(verdicts[name], verdicts["one_by_one"], strict=True)),
-                            "rejected_by_wer": sum(v is True for v in verdicts[name])}
+                            "rejected_by_wer": sum(v is True for v in verdicts[name]),
+                            "mean_wer_of_accepted": _mean_rate(rows, texts[name], verdicts["one_by_one"])}
                      for name in ways}}
 
 
@@ -293,11 +294,23 @@ def _decoded_rows(config: EngineConfig) -> list[dict]:
     return live
 
 
-def _verdicts(rows: list[dict], texts: list[str], max_wer: float) -> list[bool | None]:
-    """Rejected by the WER check (True/False) per clip, or None where there is no annotated speech to check."""
-    verdicts: list[bool | None] = []
+def _rates(rows: list[dict], texts: list[str]) -> list[float | None]:
+    """The WER (CER for Chinese) of each transcript against the annotated speech, None where there is none."""
+    rates: list[float | None] = []
     for row, text in zip(rows, texts, strict=True):
         reference, lang = row["speech_content"], row["lang"]
         checked = bool(reference) and bool(normalise(reference, lang))
-        verdicts.append(error_rate(reference, text, lang)[1] > max_wer if checked else None)
-    return verdicts
+        rates.append(error_rate(reference, text, lang)[1] if checked else None)
+    return rates
+
+
+def _verdicts(rows: list[dict], texts: list[str], max_wer: float) -> list[bool | None]:
+    """Rejected by the WER check (True/False) per clip, or None where there is no annotated speech to check."""
+    return [None if rate is None else rate > max_wer for rate in _rates(rows, texts)]
+
+
+def _mean_rate(rows: list[dict], texts: list[str], accepted: list[bool | None]) -> float | None:
+    """Mean error rate over the clips the one-by-one way accepted (its verdict False): on correctly annotated speech
+    it measures the transcripts themselves, apart from the planted wrong ones."""
+    rates = [rate for rate, ok in zip(_rates(rows, texts), accepted, strict=True) if ok is False and rate is not None]
+    return round(sum(rates) / len(rates), 4) if rates else None

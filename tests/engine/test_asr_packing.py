@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from engine.core.config import AsrConfig, EngineConfig
-from engine.models.backends.whisper import Piece, assign_words, lay_out
+from engine.models.backends.whisper import Piece, assign_words, lay_out, transcribe_batch
 
 SR = 16000
 
@@ -65,7 +65,7 @@ def test_each_word_goes_to_the_clip_holding_its_midpoint():
 
 
 def test_pack_settings_are_checked():
-    assert AsrConfig().pack_seconds == 0 and AsrConfig(pack_seconds=30).pack_seconds == 30  # off unless asked
+    assert AsrConfig().pack_seconds == 30 and AsrConfig(pack_seconds=0).pack_seconds == 0  # on unless turned off
     with pytest.raises(ValueError, match="pack_seconds"):
         AsrConfig(pack_seconds=31)
     with pytest.raises(ValueError, match="pack_gap_seconds"):
@@ -81,3 +81,42 @@ def test_whisper_threads_follow_the_asr_actor_cpus():
     assert threads(resources={"asr_num_cpus": 0.75}) == 1  # a fractional share still gets a thread
     assert threads(asr={"cpu_threads": 2}, resources={"asr_num_cpus": 4}) == 2  # set: kept
     assert threads(asr={"cpu_threads": 0}) == 0  # CTranslate2's default
+
+
+class _EarlyEndPipeline:
+    """Stands in for BatchedInferencePipeline: a window of one clip (clip k is constant k + 1) comes back as
+    "clip<k>"; a shared window comes back with its first clip's words only, as when Whisper ends the window at the
+    first pause. Records each call's windows and options."""
+
+    calls: list[dict] = []
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def transcribe(self, audio, **options):
+        _EarlyEndPipeline.calls.append(options)
+        segments = []
+        for window in options["clip_timestamps"]:
+            start, end = window["start"], window["end"]
+            clip = round(float(audio[round(start * SR)])) - 1
+            seek = round(start * self.model.frames_per_second)
+            word = SimpleNamespace(word=f" clip{clip}", start=start, end=min(end, start + 0.5))
+            segments.append(SimpleNamespace(seek=seek, text=word.word, words=[word]))
+        return iter(segments), SimpleNamespace(language="en")
+
+
+def test_a_packed_clip_that_gets_no_words_is_decoded_again_alone(monkeypatch):
+    monkeypatch.setattr("engine.models.backends.whisper.BatchedInferencePipeline", _EarlyEndPipeline)
+    _EarlyEndPipeline.calls = []
+    model = SimpleNamespace(model=SimpleNamespace(is_multilingual=False), frames_per_second=100)
+    clips = _clips(4, 4, 40)  # clips 0 and 1 share a window; clip 2 (40 s) has two windows of its own
+    out = transcribe_batch(model, clips, None, 1, 4, pack_s=30, gap_s=1)
+    # clip 1's window-mate took the window's only words: clip 1 is decoded again in a window of its own; clip 2's
+    # two 30 s pieces are not packed and each gives its text, so it is not decoded again.
+    assert [t.text for t in out] == ["clip0", "clip1", "clip2 clip2"]
+    first, again = _EarlyEndPipeline.calls
+    assert len(first["clip_timestamps"]) == 3 and again["clip_timestamps"] == [{"start": 0.0, "end": 4.0}]
+    # Shared windows are decoded with timestamp tokens (Whisper then goes on after a pause), windows of one clip
+    # without them; words are asked for only where they must be split between clips.
+    assert (first["without_timestamps"], first["word_timestamps"]) == (False, True)
+    assert (again["without_timestamps"], again["word_timestamps"]) == (True, False)

@@ -77,28 +77,47 @@ def transcribe_batch(model: WhisperModel, clips: Sequence[np.ndarray], language:
                      batch_size: int, pack_s: float = 0.0, gap_s: float = 1.0) -> list[Transcript]:
     """Transcripts of `clips` (16 kHz float32, all in `language`; None: English-only models only), decoded
     `batch_size` windows at a time. With `pack_s` > 0, clips of at most `pack_s` seconds share windows of up to
-    `pack_s` s (`gap_s` of silence between two clips) and each word goes back to its clip by its timestamps;
-    0: one window per clip (or per 30 s piece). Empty clips get an empty transcript without a model call."""
+    `pack_s` s (`gap_s` of silence between two) and each word goes back to its clip by its timestamps;
+    0: one window per clip (or per 30 s piece). A packed clip that gets no words is decoded again in a window of
+    its own. Empty clips get an empty transcript without a model call."""
     if language is None and model.model.is_multilingual:
         raise ValueError("transcribe_batch needs the clips' language with a multilingual model (detect_language)")
-    layout = lay_out(clips, pack_s, gap_s)
-    texts: list[list[str]] = [[] for _ in clips]
-    if layout.windows:
-        packed = any(len(pieces) > 1 for pieces in layout.pieces)
-        segments, info = BatchedInferencePipeline(model).transcribe(
-            layout.audio, language=language, beam_size=beam_size, batch_size=batch_size,
-            clip_timestamps=[{"start": start, "end": end} for start, end in layout.windows],
-            vad_filter=False, without_timestamps=True, word_timestamps=packed)
-        language = info.language
-        by_seek = {int(round(start * model.frames_per_second)): k for k, (start, _) in enumerate(layout.windows)}
-        for segment in segments:
-            pieces = layout.pieces[by_seek[segment.seek]]
-            if len(pieces) == 1:
-                texts[pieces[0].clip].append(segment.text.strip())
-                continue
-            for clip, words in assign_words(segment.words or [], pieces).items():
-                texts[clip].append("".join(words).strip())
+    texts, language, unheard = _decode_layout(model, lay_out(clips, pack_s, gap_s), len(clips), language, beam_size,
+                                              batch_size)
+    if unheard:
+        again, language, _ = _decode_layout(model, lay_out([clips[i] for i in unheard]), len(unheard), language,
+                                            beam_size, batch_size)
+        for clip, text in zip(unheard, again, strict=True):
+            texts[clip] = text
     return [Transcript(text=" ".join(t for t in parts if t), language=language or "en") for parts in texts]
+
+
+def _decode_layout(model: WhisperModel, layout: Layout, count: int, language: str | None, beam_size: int,
+                   batch_size: int) -> tuple[list[list[str]], str | None, list[int]]:
+    """Each clip's text pieces, the language, and the clips of shared windows that got no words."""
+    texts: list[list[str]] = [[] for _ in range(count)]
+    packed = [len(pieces) > 1 for pieces in layout.pieces]
+    if not layout.windows:
+        return texts, language, []
+    # A packed window is decoded with timestamp tokens: without them Whisper tends to end the window at the first
+    # pause, so the clips after it came back empty (2 of the 48 demo clips, packed two by two). With timestamps it
+    # goes on to the next utterance, as in its training.
+    segments, info = BatchedInferencePipeline(model).transcribe(
+        layout.audio, language=language, beam_size=beam_size, batch_size=batch_size,
+        clip_timestamps=[{"start": start, "end": end} for start, end in layout.windows],
+        vad_filter=False, without_timestamps=not any(packed), word_timestamps=any(packed))
+    by_seek = {int(round(start * model.frames_per_second)): k for k, (start, _) in enumerate(layout.windows)}
+    for segment in segments:
+        window = by_seek[segment.seek]
+        pieces = layout.pieces[window]
+        if not packed[window]:
+            texts[pieces[0].clip].append(segment.text.strip())
+            continue
+        for clip, words in assign_words(segment.words or [], pieces).items():
+            texts[clip].append("".join(words).strip())
+    unheard = [piece.clip for window, pieces in enumerate(layout.pieces) if packed[window]
+               for piece in pieces if not any(texts[piece.clip])]
+    return texts, info.language, unheard
 
 
 @dataclass(frozen=True)
