@@ -6,6 +6,7 @@ MediaError with a machine-readable reason. engine.core.media decodes on top of t
 from __future__ import annotations
 
 import io
+import itertools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,9 +14,11 @@ from fractions import Fraction
 
 import av
 
-from engine.core import storage
+from engine.core import isobmff, orientation_sei, storage
 
 MediaSource = str | io.BytesIO
+# Codecs whose FFmpeg decoders set no display matrix from the bitstream: in an mp4/mov the header alone decides.
+_NO_BITSTREAM_TURN = frozenset({"av1", "vp8", "vp9", "mpeg4", "mpeg1video", "mpeg2video", "h263", "prores", "dnxhd"})
 
 
 
@@ -94,7 +97,7 @@ def open_container(source: MediaSource, reason: str) -> av.container.InputContai
 def probe(source: MediaSource) -> ProbeResult:
     with open_container(source, "unreadable_container") as container:
         video, audio = video_stream(container), audio_stream(container)
-        rotation = _rotation(container, video) if video else 0
+        rotation = _rotation(source, container, video) if video else 0
         width, height = display_size(video, rotation) if video else (None, None)
         return ProbeResult(
             duration_s=_duration(container, video, audio),
@@ -129,11 +132,62 @@ def audio_stream(container: av.container.InputContainer) -> av.audio.stream.Audi
 
 
 
-def _rotation(container: av.container.InputContainer, video: av.video.stream.VideoStream) -> int:
-    """From the first frame's display matrix (PyAV exposes it on frames only). A stream that does not decode
-    here is left to the decode stage to judge."""
+def _rotation(source: MediaSource, container: av.container.InputContainer, video: av.video.stream.VideoStream) -> int:
+    """Degrees clockwise, from the display matrix FFmpeg hands the video's frames (PyAV shows it on frames only).
+    In an mp4/mov that is the track header's (tkhd times mvhd), read here from the boxes without decoding a frame,
+    which was most of the probe's time. The first frame is decoded where those boxes do not read; where the header
+    leaves the picture unturned but the codec may carry a turn of its own (an H.264/HEVC display-orientation SEI,
+    which FFmpeg's decoder puts on the frames after the header's matrix); and in every other container: none rules
+    a turn out, since that SEI turns frames in mpegts, flv, avi or matroska alike, and matroska has its own."""
+    if {"mov", "mp4"} & set(container.format.name.split(",")):
+        try:
+            matrix = _header_matrix(source, video.id)
+            if matrix != isobmff.IDENTITY:  # FFmpeg's comes before any the decoder adds, and PyAV reads the first
+                return _clockwise(isobmff.counter_clockwise(matrix))
+        except (isobmff.BoxError, OSError):
+            return _frame_rotation(container, video)  # boxes that do not hold together: the decoder's answer
+        return _bitstream_rotation(container, video)
+    return _frame_rotation(container, video)
+
+
+
+def _header_matrix(source: MediaSource, track_id: int) -> isobmff.Matrix:
+    """The mp4/mov video track's display matrix, reading only the box headers and the moov box. FFmpeg gives the
+    stream the tkhd track id, so that picks the track the probe chose."""
+    # An in-memory source is read through a second BytesIO over its bytes, so the position PyAV reads the
+    # container from stays where it was.
+    with open(source, "rb") if isinstance(source, str) else io.BytesIO(source.getvalue()) as handle:
+        size = handle.seek(0, os.SEEK_END)
+        return isobmff.video_track(handle, size, track_id).matrix
+
+
+
+def _bitstream_rotation(container: av.container.InputContainer, video: av.video.stream.VideoStream) -> int:
+    """For a track its header leaves unturned: 0 where the codec cannot turn its frames itself or the first packet
+    has no display-orientation SEI, else the first frame's answer (that packet decoded first)."""
+    codec = video.codec_context.codec.canonical_name
+    if codec in _NO_BITSTREAM_TURN:
+        return 0
+    if codec not in ("h264", "hevc"):
+        return _frame_rotation(container, video)
     try:
-        frame = next(container.decode(video), None)
+        first = next(container.demux(video), None)
+    except av.FFmpegError:
+        return 0  # as _frame_rotation: left to the decode stage
+    extradata = bytes(video.codec_context.extradata or b"")
+    if first is None or not orientation_sei.may_turn(codec, extradata, bytes(first)):
+        return 0
+    return _frame_rotation(container, video, first)
+
+
+
+def _frame_rotation(container: av.container.InputContainer, video: av.video.stream.VideoStream,
+                    first: av.Packet | None = None) -> int:
+    """From the first frame's display matrix; `first`, a packet already demuxed, is decoded before the rest. A
+    stream that does not decode here is left to the decode stage to judge."""
+    try:
+        frames = itertools.chain(video.decode(first) if first is not None else (), container.decode(video))
+        frame = next(frames, None)
     except av.FFmpegError:
         return 0
     return _clockwise(frame.rotation) if frame is not None else 0

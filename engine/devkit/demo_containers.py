@@ -5,16 +5,18 @@ written into an mp4/mov's display matrix. Built on engine.devkit.demo_media's ff
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import tempfile
 import wave
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from engine.core import isobmff
 from engine.devkit.demo_media import SAMPLE_RATE, run_ffmpeg
 
 
@@ -66,31 +68,6 @@ def write_pattern_clip(
 
 
 
-def _boxes(data: bytes | bytearray, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
-    """(type, body start, end) of each ISO-BMFF box (mp4/mov atom) between start and end."""
-    while start + 8 <= end:
-        size, kind = struct.unpack_from(">I4s", data, start)
-        header = 8
-        if size == 1:
-            size, header = struct.unpack_from(">Q", data, start + 8)[0], 16
-        size = size or end - start
-        yield kind, start + header, start + size
-        start += size
-
-
-
-def _track_header(data: bytearray, handler: bytes) -> int:
-    """Where the `tkhd` box body of the first track with this handler ('vide', 'soun') starts."""
-    moov = next(box for box in _boxes(data, 0, len(data)) if box[0] == b"moov")
-    for kind, body, end in _boxes(data, moov[1], moov[2]):
-        parts = {k: (b, e) for k, b, e in _boxes(data, body, end)} if kind == b"trak" else {}
-        media = {k: (b, e) for k, b, e in _boxes(data, *parts[b"mdia"])} if b"mdia" in parts else {}
-        if b"hdlr" in media and data[media[b"hdlr"][0] + 8 : media[b"hdlr"][0] + 12] == handler:
-            return parts[b"tkhd"][0]
-    raise ValueError(f"no {handler!r} track")
-
-
-
 def rotate_video_track(path: Path, clockwise: int) -> None:
     """Sets the display matrix of an mp4/mov's video track, as a phone does for a picture held upright: the coded
     frames stay as they are, a player turns them `clockwise` degrees (90, 180 or 270). ffmpeg 5.1 cannot write
@@ -98,9 +75,6 @@ def rotate_video_track(path: Path, clockwise: int) -> None:
     one, minus_one = 0x00010000, 0xFFFF0000  # 16.16 fixed point
     a, b, c, d = {90: (0, one, minus_one, 0), 180: (minus_one, 0, 0, minus_one), 270: (0, minus_one, one, 0)}[clockwise]
     data = bytearray(Path(path).read_bytes())
-    header = _track_header(data, b"vide")
-    # tkhd v0: version+flags, created, modified, track id, reserved, duration (4 each), reserved (8),
-    # layer, group, volume, reserved (2 each), then the 3x3 matrix (v1: created, modified, duration are 8).
-    matrix = header + (4 + 8 + 8 + 4 + 4 + 8 if data[header] == 1 else 4 + 4 + 4 + 4 + 4 + 4) + 8 + 8
-    struct.pack_into(">9I", data, matrix, a, b, 0, c, d, 0, 0, 0, 0x40000000)
+    track = isobmff.video_track(io.BytesIO(data), len(data), track_id=0)  # the first video track
+    struct.pack_into(">9I", data, track.matrix_at, a, b, 0, c, d, 0, 0, 0, 0x40000000)
     Path(path).write_bytes(data)
