@@ -2,6 +2,7 @@
 
     python jobs/benchmark.py engine [--clips .cache/demo_clips] [--repeats 1] [key=value ...]
     python jobs/benchmark.py engine --realistic 60 [--repeats 1] [key=value ...]
+    python jobs/benchmark.py sweep [--realistic 60] [--grid KEY=V1,V2 ...] [--media-only] [--repeats 1] [key=value ...]
     python jobs/benchmark.py engine --peer data-juicer [--realistic 60] [--rounds 4] [--peer-python PY] [key=value ...]
     python jobs/benchmark.py sft [--steps 40] [--zero-stages 3,2] [key=value ...]
     python jobs/benchmark.py isolation [--clips .cache/test_clips/asr] [--repeats 3] [key=value ...]
@@ -17,6 +18,11 @@ outputs/benchmarks/engine.json and engine.png. `--realistic N`: on N generated c
 video_duration_filter + video_resolution_filter on the same clips and thresholds (media.*), Data-Juicer running in its
 own venv (--peer-python), one worker a side, rounds taken in turns (engine.devkit.peer_benchmark). Writes
 outputs/benchmarks/peer.json and peer.png.
+`sweep`: the engine's clips/s (media + ASR, or media only) under every combination of the --grid settings (dotted
+config keys, comma-separated values; default: media task CPUs x block rows x ASR clips per call), against the plain
+loops measured before and after the sweep in the same process; the best setting is named. Writes
+outputs/benchmarks/sweep.json and sweep.png (engine.devkit.sweep). The laptop preset in jobs/configs/demo.yaml came
+from this sweep.
 `sft`: mean and median step time and peak memory of the SED-SFT recipe (Ray Train, 2 workers, DeepSpeed over gloo,
 tiny Omni thinker), once per ZeRO stage, each against a plain single-process PyTorch loop run just before it on the same
 model and records (one torch thread and all cores; ratios against the faster); the recipe's first-step and
@@ -177,6 +183,19 @@ def write_models(args: argparse.Namespace) -> int:
     return save_results(args.out, "models", results)
 
 
+def write_sweep(args: argparse.Namespace, config: EngineConfig) -> int:
+    from engine.dataset.sources import list_source
+    from engine.devkit.sweep import DEFAULT_GRID, benchmark_sweep, parse_grid, plot_sweep
+
+    source = list_source(config.input, config.dataset, config.lang, config.source_video_pattern)
+    source = source.slice(0, config.limit) if config.limit else source
+    grid = parse_grid(args.grid) if args.grid else DEFAULT_GRID
+    results = benchmark_sweep(source, config, grid, with_asr=not args.media_only, repeats=args.repeats,
+                              threads=os.cpu_count() or 1)
+    results["clip_set"] = str(args.clips)
+    return save_results(args.out, "sweep", results, plot_sweep)
+
+
 def write_peer(args: argparse.Namespace, config: EngineConfig) -> int:
     from engine.devkit.peer_benchmark import benchmark_peer
 
@@ -202,7 +221,7 @@ def plot_peer(results: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("target", choices=["engine", "sft", "isolation", "asr", "neardup", "models"],
+    parser.add_argument("target", choices=["engine", "sweep", "sft", "isolation", "asr", "neardup", "models"],
                         help="what to benchmark")
     parser.add_argument("--steps", type=int, default=40, help="sft: optimizer steps on each side (4 per epoch)")
     parser.add_argument("--zero-stages", default="3,2", help="sft: DeepSpeed ZeRO stages to run, comma-separated")
@@ -220,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
                         default=Path(os.environ.get("DJ_PYTHON", "/work/venvs/dj/bin/python")),
                         help="engine --peer: Python of the venv with Data-Juicer 1.6.1 (env DJ_PYTHON)")
     parser.add_argument("--rounds", type=int, default=4, help="engine --peer: timed rounds, sides taking turns")
+    parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                        help="sweep: a config key and its values (repeatable; default: sweep.DEFAULT_GRID)")
+    parser.add_argument("--media-only", action="store_true", help="sweep: the media stages only, no ASR")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "benchmarks", help="where the JSON/PNG go")
     parser.add_argument("overrides", nargs="*", help="config overrides as dotted key=value")
     args = parser.parse_intermixed_args(argv)
@@ -243,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         return write_neardup(args, config)
     if args.peer:
         return write_peer(args, config)
+    if args.target == "sweep":
+        return write_sweep(args, config)
     return save_results(args.out, "engine", benchmark_engine(config, args.repeats), plot)
 
 

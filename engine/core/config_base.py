@@ -50,6 +50,14 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def with_overrides(config: BaseModel, pairs: list[str]) -> Any:
+    """A copy of `config` with dotted key=value overrides applied and the whole validated again."""
+    try:
+        return type(config).model_validate(_merge(config.model_dump(), parse_overrides(pairs)))
+    except ValidationError as err:
+        raise ConfigError(f"invalid overrides {pairs} ({err.error_count()} errors):\n{_format_errors(err)}") from None
+
+
 # A value is not echoed for an unknown field (its name is the mistake, and a key typed into the wrong place, e.g.
 # annotate.api_key=sk-..., would otherwise land in stderr and the job log) nor for a field named like a credential.
 _CREDENTIAL_NAME = re.compile(r"(?i)key|token|secret|password|passwd|auth|bearer|credential")

@@ -13,7 +13,7 @@ import os
 import pickle
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,8 @@ class Throughput:
     clips: int
     seconds: float
     media_seconds: float
+    # engine runs: seconds until the driver held its first rows, and bytes per clip each operator handed on
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def clips_per_s(self) -> float:
@@ -48,7 +50,8 @@ class Throughput:
         return self.media_seconds / self.seconds
 
     def as_dict(self) -> dict[str, float | int | str]:
-        return asdict(self) | {"clips_per_s": round(self.clips_per_s, 3),
+        return {k: v for k, v in asdict(self).items() if k != "extra"} | self.extra | {
+            "clips_per_s": round(self.clips_per_s, 3),
                                "media_seconds_per_s": round(self.media_seconds_per_s, 3)}
 
 
@@ -82,14 +85,34 @@ def sequential(source: pa.Table, config: EngineConfig, with_asr: bool, asr_threa
 
 
 def distributed(source: pa.Table, config: EngineConfig, with_asr: bool) -> Throughput:
-    """The engine's plan on the running Ray, drained to the driver like build_saber does."""
+    """The engine's plan on the running Ray, drained to the driver like build_saber does; also when the first rows
+    arrived and the object-store bytes per clip each operator output."""
     config = config.model_copy(update={"asr": config.asr.model_copy(update={"enabled": with_asr})})
     started = time.perf_counter()
-    rows = []
-    for batch in build_plan(source, config).iter_batches(batch_format="pyarrow", batch_size=None):
+    rows, first = [], None
+    plan = build_plan(source, config)
+    for batch in plan.iter_batches(batch_format="pyarrow", batch_size=None):
+        first = time.perf_counter() - started if first is None else first
         rows += batch.select(["duration_s"]).to_pylist()
-    return Throughput(f"ray_data{'+asr' if with_asr else ''}", len(rows), time.perf_counter() - started,
-                      _media_seconds(rows))
+    seconds = time.perf_counter() - started
+    extra = {"first_rows_seconds": round(first or seconds, 2), "bytes_per_clip_out": operator_bytes_per_row(plan)}
+    return Throughput(f"ray_data{'+asr' if with_asr else ''}", len(rows), seconds, _media_seconds(rows), extra)
+
+
+def operator_bytes_per_row(dataset: ray.data.Dataset) -> dict[str, int]:
+    """Each executed operator's output bytes per output row (what it put in the object store per clip), from the
+    dataset's stats (Ray Data's own accounting; the same figures `Dataset.stats()` prints). Empty if Ray's internal
+    stats API changed: the benchmark's other figures do not depend on it."""
+    try:
+        summaries, out = [dataset._get_stats_summary()], {}  # noqa: SLF001 - the structured form of stats()' text
+        while summaries:  # each operator's summary holds the ones before it as parents
+            summary = summaries.pop()
+            summaries += summary.parents
+            out.update({op.operator_name: round(op.output_size_bytes.sum / op.output_num_rows.sum)
+                        for op in summary.operators_stats if op.output_num_rows and op.output_num_rows.sum})
+        return out
+    except (AttributeError, TypeError):
+        return {}
 
 
 def benchmark_engine(config: EngineConfig, repeats: int = 1) -> dict:
