@@ -7,6 +7,7 @@ laptop preset) come from such a sweep; `python jobs/benchmark.py sweep` repeats 
 from __future__ import annotations
 
 import itertools
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,14 +29,18 @@ DEFAULT_GRID = {
 }
 
 
+_VALUE_SPLIT = re.compile(r",(?![^\[]*\])")  # a comma not inside [...]
+
+
 def parse_grid(items: Sequence[str]) -> dict[str, list[str]]:
-    """["block_rows=4,16", "resources.asr_batch_size=4"] -> {"block_rows": ["4", "16"], ...}."""
+    """["block_rows=4,16", "resources.asr_concurrency=[1,1],[2,2]"] -> {"block_rows": ["4", "16"],
+    "resources.asr_concurrency": ["[1,1]", "[2,2]"]}: commas inside brackets belong to the value."""
     grid: dict[str, list[str]] = {}
     for item in items:
         key, _, values = item.partition("=")
         if not key or not values:
             raise ConfigError(f"--grid {item!r}: expected key=value[,value...]")
-        grid[key] = [v for v in values.split(",") if v]
+        grid[key] = [v for v in _VALUE_SPLIT.split(values) if v]
     return grid
 
 

@@ -15,6 +15,10 @@ def test_grid_items_become_every_combination_in_order():
     assert combos[0] == ["resources.media_num_cpus=0.25", "block_rows=4"]
     assert combos[-1] == ["resources.media_num_cpus=0.5", "block_rows=64"]
     assert len(settings(DEFAULT_GRID)) == 3 * 2 * 2
+    pools = parse_grid(["resources.asr_concurrency=[1,1],[2,2]", "resources.asr_num_cpus=2,0.75"])
+    assert pools == {"resources.asr_concurrency": ["[1,1]", "[2,2]"], "resources.asr_num_cpus": ["2", "0.75"]}
+    config = with_overrides(EngineConfig(input="in", output="out"), settings(pools)[0])
+    assert (config.resources.asr_concurrency, config.resources.asr_num_cpus) == ((1, 1), 2.0)
 
 
 @pytest.mark.parametrize("item", ["block_rows", "=4", "block_rows="])
