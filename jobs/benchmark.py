@@ -89,10 +89,10 @@ def plot(results: dict, path: Path) -> None:
 
 
 def benchmark_sft(args: argparse.Namespace) -> int:
-    import ray
     from transformers import AutoProcessor
 
     from engine.core.config import load_config as load
+    from engine.ops.launch import init_ray
     from train.core.config import SftConfig
     from train.core.modeling import resolve_model_path
     from train.data.sed_data import SedEncoder, load_media
@@ -114,7 +114,7 @@ def benchmark_sft(args: argparse.Namespace) -> int:
         examples = [encoder.encode(r, *load_media(r["source_uri"], config.data)) for r in records]
         # The baselines right before each recipe run: a busy machine's load drifts less between the two.
         baselines = best_plain_loop(config, examples, args.steps, processor.tokenizer.pad_token_id, os.cpu_count() or 1)
-        ray.init(ignore_reinit_error=True)
+        init_ray(None)
         summary = run(config)
         rows = [json.loads(line) for line in Path(summary["run_dir"], "metrics.jsonl").read_text().splitlines()]
         recipe = recipe_summary(rows, config.optim.global_batch)

@@ -1,6 +1,6 @@
 """Build the SABER clip table: probe, decode, noise filter, ASR-WER check; writes clips/ and a report.
 
-Run locally (starts a local Ray if none is running):
+Run locally (starts a local Ray if none is running, without the dashboard unless SABER_RAY_DASHBOARD=1):
     python jobs/build_saber.py --config jobs/configs/demo.yaml
 On a cluster (outputs should then be absolute paths on shared storage, or s3://):
     ray job submit --working-dir . -- python jobs/build_saber.py --config jobs/configs/production.yaml \
@@ -20,10 +20,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python jobs/build_saber.py` puts jobs/ on sys.path, not the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import ray  # noqa: E402
-
 from engine.core.config import ConfigError, EngineConfig, load_config  # noqa: E402
 from engine.dataset.build import run_build  # noqa: E402
+from engine.ops.launch import dashboard_line, init_ray, starts_local_cluster  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,10 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(err, file=sys.stderr)
         return 2
-    context = ray.init(address=config.ray_address, ignore_reinit_error=True)
-    dashboard = getattr(context, "dashboard_url", None)
-    print(f"Ray dashboard: http://{dashboard}" if dashboard else "Ray dashboard: not running", flush=True)
-    report = run_build(config)
+    local = starts_local_cluster(config.ray_address)
+    context = init_ray(config.ray_address)
+    print(dashboard_line(context, local), flush=True)
+    report = run_build(config, local_ray=local)
     summary = {k: report[k] for k in ("input", "kept", "rejected", "rejected_by_reason", "splits")}
     print(json.dumps(summary, indent=2))
     print(f"Outputs: {config.output if '://' in config.output else Path(config.output).resolve()}"

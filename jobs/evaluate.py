@@ -24,9 +24,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python jobs/evaluate.py` puts jobs/ on sys.path, not the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import ray  # noqa: E402
-
 from engine.core.config import ConfigError, dump_config, load_config  # noqa: E402
+from engine.ops.launch import init_ray  # noqa: E402
 from train.evaluation.benchmarks import get_benchmark  # noqa: E402
 from train.evaluation.manifests import ManifestError, load_items  # noqa: E402
 from train.evaluation.runner import EvalConfig, run  # noqa: E402
@@ -60,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         print(err, file=sys.stderr)
         return 2
     logging.getLogger(__name__).info("%d %s items in %s", len(items), config.benchmark, config.data)
-    ray.init(address=config.ray_address, ignore_reinit_error=True)
+    init_ray(config.ray_address)
     summary = run(config)
     print(json.dumps({k: summary[k] for k in ("benchmark", "model", "counts", "metrics", "run")}, indent=2))
     print(f"Results: {config.folder} (items.parquet, summary.json, summary.md, summary.png, config.yaml)")

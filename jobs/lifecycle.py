@@ -26,6 +26,7 @@ if __package__ in (None, ""):
 import ray  # noqa: E402
 
 from engine.core.config import ConfigError, load_config  # noqa: E402
+from engine.ops.launch import init_ray  # noqa: E402
 from train.recipes.lifecycle import LifecycleConfig, StepFailed, is_done, plan, run_steps  # noqa: E402
 from train.recipes.lifecycle_page import write_page  # noqa: E402
 
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = plan(config)
     # One local cluster for every step, instead of one start per step; none when every step is done already.
     if not os.environ.get("RAY_ADDRESS") and not all(is_done(config.output, step) for step in steps):
-        ray.init()
+        init_ray(None)
         os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     try:
         results = run_steps(config, steps)

@@ -22,9 +22,8 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import ray  # noqa: E402
-
 from engine.core.config import ConfigError, load_config  # noqa: E402
+from engine.ops.launch import init_ray  # noqa: E402
 from train.preferences.config import PreferenceConfig  # noqa: E402
 from train.recipes.ca_dpo import RoundsConfig, run_rounds  # noqa: E402
 from train.recipes.dpo_config import DpoConfig  # noqa: E402
@@ -64,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(err, file=sys.stderr)
         return 2
-    ray.init(address=prefs.ray_address, ignore_reinit_error=True)
+    init_ray(prefs.ray_address)
     print(json.dumps(run_rounds(prefs, dpo, rounds), indent=2, default=str))
     return 0
 

@@ -27,7 +27,7 @@ from engine.dataset.pipeline import build_plan, funnel_stages, judges_in_stream,
 from engine.dataset.report import build_report, write_report
 from engine.dataset.sources import list_source
 from engine.dataset.writer import ClipTableWriter, read_clip_table
-from engine.ops import monitoring
+from engine.ops import launch, monitoring
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,17 @@ def warn_if_pools_do_not_fit(config: EngineConfig) -> None:
                         "or concurrency)", amount, resource, have.get(resource, 0.0))
 
 
+def hint_if_ray_overhead_dominates(clips: int) -> None:
+    """Say so when a small build runs on a local Ray of at most 2 CPUs and no GPU (engine.ops.launch.in_process_hint):
+    only a log line, the build runs as it is."""
+    import ray
+
+    have = ray.cluster_resources()
+    hint = launch.in_process_hint(True, have.get("CPU", 0.0), have.get("GPU", 0.0), clips, launch.engine_speedups())
+    if hint:
+        log.info("[build_saber] %s", hint)
+
+
 def relation_sink(config: EngineConfig, run_id: str) -> relation_stream.RelationSink:
     """Where the stream's relation verdicts go; earlier builds' retryable failures count toward max_attempts."""
     earlier = Counter[str]()
@@ -111,7 +122,9 @@ def relation_sink(config: EngineConfig, run_id: str) -> relation_stream.Relation
     return relation_stream.RelationSink(config.output, run_id, config.max_attempts, earlier)
 
 
-def run_build(config: EngineConfig) -> dict[str, Any]:
+def run_build(config: EngineConfig, *, local_ray: bool = False) -> dict[str, Any]:
+    """`local_ray`: the caller started the Ray this runs on (engine.ops.launch.starts_local_cluster), which allows
+    the hint of a small build on a small machine."""
     config = config.model_copy(update={"input": storage.absolute(config.input),
                                        "output": storage.absolute(config.output)})
     save_config(config)
@@ -124,6 +137,8 @@ def run_build(config: EngineConfig) -> dict[str, Any]:
     relations = relation_sink(config, writer.run_id)
     if todo.num_rows:
         warn_if_pools_do_not_fit(config)
+        if local_ray:
+            hint_if_ray_overhead_dominates(todo.num_rows)
         for batch in build_plan(todo, config).iter_batches(batch_format="pyarrow", batch_size=None):
             batch, verdicts = relation_stream.split_batch(batch)
             committed = writer.parts_written

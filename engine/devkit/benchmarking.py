@@ -28,6 +28,7 @@ from engine.core.text import error_rate, normalise
 from engine.dataset.pipeline import build_plan, media_stages, source_to_rows
 from engine.dataset.sources import list_source
 from engine.models.backends.whisper import load_whisper, transcribe, transcribe_batch
+from engine.ops.launch import init_ray
 from engine.stages.asr import AsrWerFilterStage
 from engine.stages.decode import audio_from_row
 
@@ -120,7 +121,7 @@ def benchmark_engine(config: EngineConfig, repeats: int = 1) -> dict:
     if config.limit:
         source = source.slice(0, config.limit)
     started = time.perf_counter()
-    ray.init(address=config.ray_address, ignore_reinit_error=True)
+    init_ray(config.ray_address)
     ray_start = time.perf_counter() - started
     results: dict = {"clips": source.num_rows, "ray_start_seconds": round(ray_start, 2),
                      "cpus": ray.cluster_resources().get("CPU"), "runs": []}
