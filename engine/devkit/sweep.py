@@ -19,6 +19,7 @@ import ray
 from engine.core.config import EngineConfig
 from engine.core.config_base import ConfigError, with_overrides
 from engine.devkit.benchmarking import distributed, sequential
+from engine.ops.launch import init_ray
 
 # The knobs the laptop preset was chosen from (see jobs/configs/demo.yaml): how much CPU a media task reserves, how
 # many clips a block carries, and how many clips an ASR actor packs into one batched Whisper call.
@@ -56,7 +57,7 @@ def benchmark_sweep(source: pa.Table, config: EngineConfig, grid: dict[str, list
     setting with the most clips/s. Every setting is validated before anything runs."""
     combos = [(overrides, with_overrides(config, overrides)) for overrides in settings(grid)]
     started = time.perf_counter()
-    ray.init(address=config.ray_address, ignore_reinit_error=True)
+    init_ray(config.ray_address)
     results: dict[str, Any] = {"clips": source.num_rows, "stages": "media+asr" if with_asr else "media",
                                "cpus": ray.cluster_resources().get("CPU"), "ray_start_seconds":
                                round(time.perf_counter() - started, 2), "grid": grid, "loops": {}, "settings": []}

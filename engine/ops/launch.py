@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import os
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -84,8 +85,20 @@ def init_ray(address: str | None, *, dashboard: bool | None = None) -> Any:
 
     if not starts_local_cluster(address):
         return ray.init(address=address, ignore_reinit_error=True)
-    return ray.init(address=address, ignore_reinit_error=True, include_dashboard=dashboard_wanted(dashboard),
-                    **LIGHT_START)
+    if dashboard_wanted(dashboard):
+        return ray.init(address=address, ignore_reinit_error=True, include_dashboard=True, **LIGHT_START)
+    # No dashboard, but a dashboard port of its own where nothing listens: without one Ray advertises 127.0.0.1:8265,
+    # where another Ray's dashboard on the machine may answer, and Ray Train's placement-group cleaner, asking that
+    # one about this run's controller, takes "not found" for dead and removes a healthy worker group (seen in the
+    # tests, tests/conftest.py::start_local_ray).
+    return ray.init(address=address, ignore_reinit_error=True, include_dashboard=False,
+                    dashboard_port=_free_port(), **LIGHT_START)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def dashboard_line(context: Any, local: bool, dashboard: bool | None = None) -> str:

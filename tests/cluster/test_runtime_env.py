@@ -156,7 +156,7 @@ def test_no_launcher_or_library_hands_ray_a_runtime_env_or_job_metadata():
             where = f"{path.relative_to(REPO)}:{line} {callee}"
             if keywords & {"runtime_env", "job_config"} or "metadata" in keywords and "job" in callee.lower():
                 found.append(where)
-            start = {"include_dashboard"} if path == REPO / "engine" / "ops" / "launch.py" else set()
+            start = {"include_dashboard", "dashboard_port"} if path == REPO / "engine" / "ops" / "launch.py" else set()
             if callee == "ray.init" and not keywords <= {"address", "ignore_reinit_error"} | start:
                 found.append(where)
             if callee.endswith(("JobSubmissionClient", "submit_job", "JobConfig")):
@@ -189,7 +189,7 @@ def test_build_saber_connects_to_ray_with_nothing_from_the_environment(monkeypat
                   "--output", "s3://b/saber/"])
     [(args, kwargs)] = seen  # a local start here (its light options), or a join where a Ray runs on this machine
     assert args == () and key not in repr(kwargs)
-    assert set(kwargs) <= {"address", "ignore_reinit_error", "include_dashboard", "_system_config"}
+    assert set(kwargs) <= {"address", "ignore_reinit_error", "include_dashboard", "dashboard_port", "_system_config"}
 
 
 def test_the_rayjob_runtime_env_holds_no_credential():

@@ -7,6 +7,7 @@ is pinned (another session's may be running)."""
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 import ray
@@ -19,11 +20,23 @@ START = {"address": None, "ignore_reinit_error": True, "include_dashboard": Fals
          "_system_config": {"prestart_worker_first_driver": False}}
 
 
+def _port_checked(kwargs: dict) -> dict:
+    """The call without its dashboard port, after checking one is given exactly when the dashboard is off (a free
+    port of its own, so that nothing answers on Ray's default 8265 for this cluster) and is free."""
+    kwargs = dict(kwargs)
+    port = kwargs.pop("dashboard_port", None)
+    assert (port is not None) == (kwargs.get("include_dashboard") is False), kwargs
+    if port is not None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))  # nothing holds it
+    return kwargs
+
+
 @pytest.fixture
 def calls(monkeypatch) -> list[dict]:
     """The keyword arguments of every ray.init call, on a machine with no Ray running and no RAY_ADDRESS."""
     seen: list[dict] = []
-    monkeypatch.setattr(ray, "init", lambda *args, **kwargs: seen.append(kwargs) or "context")
+    monkeypatch.setattr(ray, "init", lambda *args, **kwargs: seen.append(_port_checked(kwargs)) or "context")
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(services, "find_bootstrap_address", lambda temp_dir: None)
     monkeypatch.setattr(services, "find_gcs_addresses", lambda: [])
