@@ -314,12 +314,15 @@ def build_plan(source: pa.Table, config: EngineConfig) -> ray.data.Dataset:
     # (default 3) lies between: a systematic bug stops the build within a few blocks, and a dropped block's
     # clips are simply not in clips/, so the next run processes them again. Set on the global context only
     # while the first dataset is made: a dataset keeps a copy of the context it was created under.
+    # The output block size (config.output_block_mb) is set the same way.
     context = ray.data.DataContext.get_current()
-    default, context.max_errored_blocks = context.max_errored_blocks, config.media.max_errored_blocks
+    defaults = context.max_errored_blocks, context.target_max_block_size
+    context.max_errored_blocks = config.media.max_errored_blocks
+    context.target_max_block_size = round(config.output_block_mb * 1024 * 1024)
     try:
         ds = table_blocks(source, config.block_rows)
     finally:
-        context.max_errored_blocks = default
+        context.max_errored_blocks, context.target_max_block_size = defaults
     schemas = transit_schemas(config)
     ds = ds.map_batches(
         run_media_chain,

@@ -286,9 +286,9 @@ def test_decoder_must_name_an_importable_module():
     assert config.media.decoder.endswith("test_media_isolation.faulty_decode")
 
 
-def test_the_plan_is_made_under_the_configured_errored_block_budget(monkeypatch):
-    """A dataset copies the DataContext it is created under: the budget must be in force when the first one is
-    made, and the process-wide context left as it was."""
+def test_the_plan_is_made_under_the_configured_errored_block_budget_and_block_size(monkeypatch):
+    """A dataset copies the DataContext it is created under: the budget and the output block size must be in force
+    when the first one is made, and the process-wide context left as it was."""
     import ray.data
 
     from engine.core.config import EngineConfig, load_config
@@ -301,14 +301,18 @@ def test_the_plan_is_made_under_the_configured_errored_block_budget(monkeypatch)
         def select_columns(self, columns):
             return self
 
+    def context() -> tuple[int, int]:
+        current = ray.data.DataContext.get_current()
+        return current.max_errored_blocks, current.target_max_block_size
+
     seen = []
-    monkeypatch.setattr(pipeline, "table_blocks",
-                        lambda table, rows: seen.append(ray.data.DataContext.get_current().max_errored_blocks)
-                        or Recording())
-    before = ray.data.DataContext.get_current().max_errored_blocks
-    for value in (7, -1):
-        config = load_config(EngineConfig, None, ["input=i", "output=o", f"media.max_errored_blocks={value}"])
+    monkeypatch.setattr(pipeline, "table_blocks", lambda table, rows: seen.append(context()) or Recording())
+    before = context()
+    for value, block_mb in ((7, 1), (-1, 0.5)):
+        config = load_config(EngineConfig, None, ["input=i", "output=o", f"media.max_errored_blocks={value}",
+                                                  f"output_block_mb={block_mb}"])
         pipeline.build_plan(None, config)
-    assert seen == [7, -1]
-    assert ray.data.DataContext.get_current().max_errored_blocks == before
+    assert seen == [(7, 1_048_576), (-1, 524_288)]  # what the dataset is made under, and so keeps
+    assert context() == before
     assert EngineConfig(input="i", output="o").media.max_errored_blocks == 3
+    assert EngineConfig(input="i", output="o").output_block_mb == 1
