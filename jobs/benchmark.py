@@ -19,7 +19,7 @@ video_duration_filter + video_resolution_filter on the same clips and thresholds
 own venv (--peer-python), one worker a side, rounds taken in turns (engine.devkit.peer_benchmark). Writes
 outputs/benchmarks/peer.json and peer.png.
 `sweep`: the engine's clips/s (media + ASR, or media only) under every combination of the --grid settings (dotted
-config keys, comma-separated values; default: media task CPUs x block rows x ASR clips per call), against the plain
+config keys, comma-separated values; default: media task CPUs x ASR actors x ASR clips per call), against the plain
 loops measured before and after the sweep in the same process; the best setting is named. Writes
 outputs/benchmarks/sweep.json and sweep.png (engine.devkit.sweep). The laptop preset in jobs/configs/demo.yaml came
 from this sweep.

@@ -14,7 +14,9 @@ def test_grid_items_become_every_combination_in_order():
     assert len(combos) == 6
     assert combos[0] == ["resources.media_num_cpus=0.25", "block_rows=4"]
     assert combos[-1] == ["resources.media_num_cpus=0.5", "block_rows=64"]
-    assert len(settings(DEFAULT_GRID)) == 3 * 2 * 2
+    assert len(settings(DEFAULT_GRID)) == 2 * 2 * 2
+    base = EngineConfig(input="in", output="out")
+    assert all(with_overrides(base, combo) for combo in settings(DEFAULT_GRID))  # every default setting is valid
     pools = parse_grid(["resources.asr_concurrency=[1,1],[2,2]", "resources.asr_num_cpus=2,0.75"])
     assert pools == {"resources.asr_concurrency": ["[1,1]", "[2,2]"], "resources.asr_num_cpus": ["2", "0.75"]}
     config = with_overrides(EngineConfig(input="in", output="out"), settings(pools)[0])
