@@ -15,7 +15,7 @@ MAX_LINES = 400
 # the benchmarks' launcher, and the lazy ray.data.llm config of the vLLM sampler. Stages, models, core, losses and
 # metrics never import it.
 RAY_ALLOWED = {"engine.dataset.pipeline", "engine.dataset.build", "engine.ops.launch", "engine.ops.monitoring",
-               "engine.devkit.benchmarking", "engine.devkit.sweep", "train.data.runtime", "train.preferences.build",
+               "engine.devkit.benchmarking", "train.data.runtime", "train.preferences.build",
                "train.preferences.vllm_sampling", "train.recipes.sft", "train.recipes.dpo"}
 # Rooms of engine and the rooms each may import (besides itself). core.config composes the backends' config
 # sections (engine.models.backends.*_config / the config classes), the one arrow from core outwards.

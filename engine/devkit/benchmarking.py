@@ -52,8 +52,7 @@ class Throughput:
 
     def as_dict(self) -> dict[str, float | int | str]:
         return {k: v for k, v in asdict(self).items() if k != "extra"} | self.extra | {
-            "clips_per_s": round(self.clips_per_s, 3),
-                               "media_seconds_per_s": round(self.media_seconds_per_s, 3)}
+            "clips_per_s": round(self.clips_per_s, 3), "media_seconds_per_s": round(self.media_seconds_per_s, 3)}
 
 
 def _media_seconds(rows: list[dict]) -> float:
@@ -116,15 +115,18 @@ def operator_bytes_per_row(dataset: ray.data.Dataset) -> dict[str, int]:
         return {}
 
 
+def start_ray(config: EngineConfig) -> dict[str, float | None]:
+    """Ray started (or joined) as the jobs do it: how long that took, and the cluster's CPUs."""
+    started = time.perf_counter()
+    init_ray(config.ray_address)
+    return {"ray_start_seconds": round(time.perf_counter() - started, 2), "cpus": ray.cluster_resources().get("CPU")}
+
+
 def benchmark_engine(config: EngineConfig, repeats: int = 1) -> dict:
     source = list_source(config.input, config.dataset, config.lang, config.source_video_pattern)
     if config.limit:
         source = source.slice(0, config.limit)
-    started = time.perf_counter()
-    init_ray(config.ray_address)
-    ray_start = time.perf_counter() - started
-    results: dict = {"clips": source.num_rows, "ray_start_seconds": round(ray_start, 2),
-                     "cpus": ray.cluster_resources().get("CPU"), "runs": []}
+    results: dict = {"clips": source.num_rows, **start_ray(config), "runs": []}
     cores = os.cpu_count() or 1
     for with_asr in (False, True):
         for _ in range(repeats):
@@ -288,7 +290,9 @@ def benchmark_asr(config: EngineConfig, repeats: int = 2, batch_sizes: tuple[int
             best[name] = min(best[name], time.perf_counter() - started)
             cpu[name] = min(cpu[name], time.process_time() - started_cpu)
     audio_s = sum(clip.size for clip in clips) / AUDIO_SAMPLE_RATE
-    verdicts = {name: _verdicts(rows, found, config.asr.max_wer) for name, found in texts.items()}
+    rates = {name: _rates(rows, found) for name, found in texts.items()}
+    verdicts = {name: [None if rate is None else rate > config.asr.max_wer for rate in found]
+                for name, found in rates.items()}
     return {"clips": len(clips), "audio_seconds": round(audio_s, 2), "repeats": repeats, "cpus": os.cpu_count(),
             "model": config.asr.model, "device": config.asr.device, "compute_type": config.asr.compute_type,
             "cpu_threads": config.asr.cpu_threads, "beam_size": beam, "pack_seconds": pack, "pack_gap_seconds": gap,
@@ -302,7 +306,7 @@ def benchmark_asr(config: EngineConfig, repeats: int = 2, batch_sizes: tuple[int
                             "same_verdict_as_one_by_one": sum(
                                 a == b for a, b in zip(verdicts[name], verdicts["one_by_one"], strict=True)),
                             "rejected_by_wer": sum(v is True for v in verdicts[name]),
-                            "mean_wer_of_accepted": _mean_rate(rows, texts[name], verdicts["one_by_one"])}
+                            "mean_wer_of_accepted": _mean_of_accepted(rates[name], verdicts["one_by_one"])}
                      for name in ways}}
 
 
@@ -328,13 +332,8 @@ def _rates(rows: list[dict], texts: list[str]) -> list[float | None]:
     return rates
 
 
-def _verdicts(rows: list[dict], texts: list[str], max_wer: float) -> list[bool | None]:
-    """Rejected by the WER check (True/False) per clip, or None where there is no annotated speech to check."""
-    return [None if rate is None else rate > max_wer for rate in _rates(rows, texts)]
-
-
-def _mean_rate(rows: list[dict], texts: list[str], accepted: list[bool | None]) -> float | None:
+def _mean_of_accepted(rates: list[float | None], accepted: list[bool | None]) -> float | None:
     """Mean error rate over the clips the one-by-one way accepted (its verdict False): on correctly annotated speech
     it measures the transcripts themselves, apart from the planted wrong ones."""
-    rates = [rate for rate, ok in zip(_rates(rows, texts), accepted, strict=True) if ok is False and rate is not None]
-    return round(sum(rates) / len(rates), 4) if rates else None
+    kept = [rate for rate, ok in zip(rates, accepted, strict=True) if ok is False and rate is not None]
+    return round(sum(kept) / len(kept), 4) if kept else None

@@ -8,18 +8,15 @@ from __future__ import annotations
 
 import itertools
 import re
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import ray
 
 from engine.core.config import EngineConfig
 from engine.core.config_base import ConfigError, with_overrides
-from engine.devkit.benchmarking import distributed, sequential
-from engine.ops.launch import init_ray
+from engine.devkit.benchmarking import distributed, sequential, start_ray
 
 # The knobs the laptop preset was chosen by (see jobs/configs/demo.yaml): how much CPU a media task reserves, how many
 # ASR actors there are, and how many clips an ASR actor packs into one batched Whisper call. (block_rows 16 beat 4 in
@@ -57,11 +54,8 @@ def benchmark_sweep(source: pa.Table, config: EngineConfig, grid: dict[str, list
     """clips/s of the engine under each setting (best of `repeats`), the loops' clips/s before and after, and the
     setting with the most clips/s. Every setting is validated before anything runs."""
     combos = [(overrides, with_overrides(config, overrides)) for overrides in settings(grid)]
-    started = time.perf_counter()
-    init_ray(config.ray_address)
     results: dict[str, Any] = {"clips": source.num_rows, "stages": "media+asr" if with_asr else "media",
-                               "cpus": ray.cluster_resources().get("CPU"), "ray_start_seconds":
-                               round(time.perf_counter() - started, 2), "grid": grid, "loops": {}, "settings": []}
+                               **start_ray(config), "grid": grid, "loops": {}, "settings": []}
     results["loops"]["before"] = _loops(source, config, with_asr, threads)
     for overrides, setting in combos:
         runs = [distributed(source, setting, with_asr) for _ in range(repeats)]
